@@ -1,0 +1,1 @@
+"""cgbench: latency and memory sweeps across CodeGen variants."""

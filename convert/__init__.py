@@ -1,0 +1,1 @@
+"""cgconvert: inspect, fix up, convert and fetch CodeGen model files."""

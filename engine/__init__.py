@@ -1,0 +1,51 @@
+"""codegen-workbench engine: load CodeGen models on PaddleNLP and generate.
+
+    from engine import load, SamplingParams
+    gen = load("random:350M-mono")            # or a model directory
+    result = gen.generate("def fib(n):", SamplingParams(max_new_tokens=32, stop=("\\n\\n",)))
+"""
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+from .errors import (ConfigError, EngineError, ModelFilesError, OptionError,
+                     UnknownVariantError, WeightFileError)
+from .generate import Choice, GenerationResult, Generator, Stream, TokenEvent
+from .runtime import parse_device
+from .sampling import SamplingParams
+from .variants import TINY, VARIANTS, Architecture, Variant, get_variant
+
+try:
+    __version__ = metadata.version("codegen-workbench")
+except metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
+
+RANDOM_PREFIX = "random:"
+DEFAULT_MODEL = "random:350M-mono"
+
+
+def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
+         seed: int = 0) -> Generator:
+    """Load a model directory or `random:<variant>` and return its Generator.
+
+    Never contacts a hub or download server.  Raises :class:`EngineError`
+    subclasses, each with a one-line message naming the problem and the fix.
+    """
+    from .model import load_directory, load_random
+
+    dev = parse_device(device)
+    spec = str(model)
+    if spec.startswith(RANDOM_PREFIX):
+        loaded = load_random(spec[len(RANDOM_PREFIX):], dtype, dev, seed)
+    else:
+        loaded = load_directory(Path(spec).expanduser(), dtype, dev)
+    return Generator(loaded)
+
+
+__all__ = [
+    "load", "Generator", "GenerationResult", "Choice", "Stream", "TokenEvent", "SamplingParams",
+    "EngineError", "ConfigError", "ModelFilesError", "OptionError", "UnknownVariantError",
+    "WeightFileError", "VARIANTS", "TINY", "Variant", "Architecture", "get_variant",
+    "DEFAULT_MODEL", "__version__",
+]

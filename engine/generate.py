@@ -1,0 +1,246 @@
+"""The decode loop: prefill, then one step per token with the KV cache.
+
+PaddleNLP's `generate` has no stop strings, streaming, cancellation or
+per-token clocks; this loop has them all, for n choices of one prompt.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .errors import OptionError
+from .sampling import SamplingParams, choose, log_softmax, penalise
+from .stops import StopMatcher
+from .tokenizer import IncrementalDecoder
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token of one choice, with the text it adds (may be empty)."""
+
+    index: int
+    token_id: int
+    text: str
+    time_s: float  # seconds since the request started
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
+    finish_reason: str | None = None  # set on the choice's last event
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class GenerationResult:
+    choices: list[Choice]
+    prompt_tokens: int
+    completion_tokens: int
+    truncated_tokens: int  # prompt tokens cut from the left to fit the context
+    seed: int
+    load_s: float
+    ttft_ms: float
+    prefill_ms: float
+    e2e_ms: float
+    token_times_ms: list[float]  # when each decode step's tokens were ready, from the start
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+    @property
+    def finish_reason(self) -> str:
+        return self.choices[0].finish_reason
+
+    @property
+    def tpot_ms(self) -> float | None:
+        steps = len(self.token_times_ms)
+        return (self.e2e_ms - self.ttft_ms) / (steps - 1) if steps > 1 else None
+
+
+class _ChoiceState:
+    """Text, stop matching and held-back output of one choice while it decodes."""
+
+    def __init__(self, index: int, tokenizer, stops: StopMatcher, seed: int):
+        self.choice = Choice(index)
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.stops = stops
+        self.rng = np.random.default_rng([seed, index])
+        self.full = ""  # decoded text so far, stop strings included
+        self.emitted = 0  # characters of `full` already handed out
+        self.counts: dict[int, int] = {}
+        self.generated = 0  # tokens sampled, end of text included
+
+    @property
+    def done(self) -> bool:
+        return self.choice.finish_reason is not None
+
+    def add_text(self, delta: str, final: bool) -> str:
+        """Append decoded text; returns the part now safe to show."""
+        before = len(self.full)
+        self.full += delta
+        hit = self.stops.find(self.full, before)
+        if hit >= 0:
+            self.full = self.full[:hit]
+            self.choice.finish_reason = "stop"
+            final = True
+        end = len(self.full) if final else self.stops.safe_end(self.full)
+        out = self.full[self.emitted:end]
+        self.emitted = max(self.emitted, end)
+        self.choice.text = self.full[: self.emitted]
+        return out
+
+    def finish(self, reason: str) -> str:
+        if self.choice.finish_reason is None:
+            self.choice.finish_reason = reason
+        if reason == "cancelled":
+            return ""
+        return self.add_text(self.decoder.flush(), final=True)
+
+
+class Stream:
+    """Iterate for `TokenEvent`s; `result` is set once the iteration ends."""
+
+    def __init__(self, events: Iterator[TokenEvent]):
+        self._events = events
+        self.result: GenerationResult | None = None
+
+    def __iter__(self):
+        self.result = yield from self._events
+
+
+class Generator:
+    """Generates completions from a loaded model; one request at a time per instance."""
+
+    def __init__(self, loaded):
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.config = loaded.config
+        self.source = loaded.source
+        self.load_s = loaded.load_s
+        self._lock = threading.Lock()
+        vocab = self.config.arch.vocab_size
+        usable = min(self.tokenizer.usable_ids(), vocab)
+        self._bias = None
+        if usable < vocab:  # never produce ids the tokenizer cannot turn into text
+            self._bias = np.zeros(vocab, np.float32)
+            self._bias[usable:] = -np.inf
+            self._bias[self.config.eos_token_id] = 0.0
+
+    @property
+    def context_length(self) -> int:
+        return self.config.arch.n_positions
+
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        return [int(t) for t in prompt]
+
+    def fit_prompt(self, ids: list[int], params: SamplingParams) -> tuple[list[int], int]:
+        """Cut the prompt from the left so `max_new_tokens` fits the context."""
+        room = self.context_length - params.max_new_tokens
+        if room < 1:
+            raise OptionError(f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt "
+                              f"in the {self.context_length}-token context; ask for fewer tokens")
+        if not ids:
+            ids = [self.config.eos_token_id]  # start of text, as CodeGen was trained
+        if len(ids) <= room:
+            return ids, 0
+        if not params.truncate:
+            raise OptionError(f"prompt of {len(ids)} tokens plus max_new_tokens "
+                              f"{params.max_new_tokens} exceeds the {self.context_length}-token "
+                              "context; shorten the prompt or allow truncation")
+        return ids[len(ids) - room:], len(ids) - room
+
+    def generate(self, prompt, params: SamplingParams | None = None,
+                 cancel: threading.Event | None = None) -> GenerationResult:
+        stream = self.stream(prompt, params, cancel)
+        for _ in stream:
+            pass
+        return stream.result
+
+    def stream(self, prompt, params: SamplingParams | None = None,
+               cancel: threading.Event | None = None) -> Stream:
+        params = params or SamplingParams()
+        return Stream(self._events(prompt, params, cancel or threading.Event()))
+
+    def _step_logits(self, logits: np.ndarray) -> np.ndarray:
+        return logits + self._bias if self._bias is not None else logits
+
+    def _events(self, prompt, params: SamplingParams, cancel: threading.Event):
+        start = time.perf_counter()
+        ids, truncated = self.fit_prompt(self.encode(prompt), params)
+        seed = params.seed if params.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        stops = StopMatcher(params.stop)
+        states = [_ChoiceState(i, self.tokenizer, stops, seed) for i in range(params.n)]
+        times: list[float] = []
+        with self._lock:
+            logits, cache = self.model.prefill(ids)
+            prefill_ms = (time.perf_counter() - start) * 1e3
+            rows = np.repeat(logits[None, :], params.n, axis=0)
+            cache = self.model.expand_cache(cache, params.n)
+            for step in range(params.max_new_tokens):
+                if cancel.is_set():
+                    break
+                tokens = np.zeros(params.n, dtype=np.int64)
+                now = time.perf_counter() - start
+                for state in states:
+                    if state.done:
+                        continue
+                    token, event = self._advance(state, rows[state.choice.index], params, now,
+                                                 last=step == params.max_new_tokens - 1)
+                    tokens[state.choice.index] = token
+                    yield event
+                times.append(now * 1e3)
+                if all(s.done for s in states) or step == params.max_new_tokens - 1:
+                    break
+                rows, cache = self.model.decode(tokens, cache)
+        for state in states:
+            if not state.done:
+                text = state.finish("cancelled")
+                yield TokenEvent(state.choice.index, -1, text, time.perf_counter() - start,
+                                 finish_reason=state.choice.finish_reason)
+        e2e_ms = (time.perf_counter() - start) * 1e3
+        return GenerationResult(
+            choices=[s.choice for s in states], prompt_tokens=len(ids),
+            completion_tokens=sum(s.generated for s in states),
+            truncated_tokens=truncated, seed=seed, load_s=self.load_s,
+            ttft_ms=times[0] if times else e2e_ms, prefill_ms=prefill_ms, e2e_ms=e2e_ms,
+            token_times_ms=times,
+        )
+
+    def _advance(self, state: _ChoiceState, logits: np.ndarray, params: SamplingParams,
+                 now: float, last: bool) -> tuple[int, TokenEvent]:
+        """Choose one token for one choice and turn it into an event."""
+        logits = penalise(self._step_logits(logits), state.counts, params)
+        token = choose(logits, params, state.rng)
+        state.generated += 1
+        logprob = top = None
+        if params.logprobs is not None:
+            lp = log_softmax(logits.astype(np.float64))
+            logprob = float(lp[token])
+            best = np.argsort(-lp)[: params.logprobs]
+            top = {int(i): float(lp[i]) for i in best}
+        choice = state.choice
+        if token == self.config.eos_token_id and not params.ignore_eos:
+            text = state.finish("stop")
+            return token, TokenEvent(choice.index, token, text, now, logprob, top, "stop")
+        choice.token_ids.append(token)
+        state.counts[token] = state.counts.get(token, 0) + 1
+        if params.logprobs is not None:
+            choice.logprobs.append(logprob)
+            choice.top_logprobs.append(top)
+        text = state.add_text(state.decoder.push(token), final=False)
+        if not state.done and last:
+            text += state.finish("length")
+        return token, TokenEvent(choice.index, token, text, now, logprob, top, choice.finish_reason)

@@ -1,0 +1,236 @@
+"""Build PaddleNLP's CodeGen and fill it: from a model directory or random weights.
+
+`PaddleCodeGen` is the engine's one model interface: `prefill` a prompt, then
+`decode` one token per row with the KV cache.  Faster implementations can
+replace it behind the same two methods.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig, load_config
+from .errors import ConfigError, ModelFilesError
+from .runtime import (Device, activate_device, check_dtype, import_paddle,
+                      import_paddlenlp_transformers)
+from .variants import MASK_BUFFER_SUFFIXES
+
+WEIGHT_FILES = ("model.safetensors", "model_state.pdparams")
+PARTIAL_SUFFIXES = ("_tmp", ".part", ".tmp", ".partial")
+_POOL_SIZE = 4_194_301  # prime, so rows of a filled matrix do not repeat in step
+
+
+@dataclass
+class PaddleCodeGen:
+    """PaddleNLP's CodeGenForCausalLM with a prefill/decode interface."""
+
+    layer: object
+    config: ModelConfig
+    dtype: str
+    device: Device
+
+    def __post_init__(self):
+        self._paddle = import_paddle()
+
+    def _run(self, ids: np.ndarray, cache):
+        paddle = self._paddle
+        with paddle.no_grad():
+            input_ids = paddle.to_tensor(ids, dtype="int64")
+            # An explicit zero mask: PaddleNLP's default masks every token equal
+            # to pad (= end of text), which must still be attended to.
+            mask = paddle.zeros([ids.shape[0], 1, 1, 1], dtype="float32")
+            hidden, new_cache = self.layer.transformer(
+                input_ids, attention_mask=mask, cache=cache, use_cache=True, return_dict=False)[:2]
+            logits = self.layer.lm_head(hidden[:, -1, :]).astype("float32")
+            return logits.numpy(), new_cache
+
+    def prefill(self, ids: list[int]):
+        """Logits after the whole prompt ([vocab]) and the cache for one row."""
+        logits, cache = self._run(np.asarray([ids], dtype=np.int64), None)
+        return logits[0], cache
+
+    def decode(self, tokens: np.ndarray, cache):
+        """One step for each row: `tokens` [rows] -> logits [rows, vocab]."""
+        return self._run(tokens.reshape(-1, 1).astype(np.int64), cache)
+
+    def expand_cache(self, cache, rows: int):
+        """Repeat a one-row cache for `rows` choices sampled from the same prompt."""
+        if rows == 1:
+            return cache
+        paddle = self._paddle
+        return tuple((paddle.tile(k, [rows, 1, 1, 1]), paddle.tile(v, [rows, 1, 1, 1]))
+                     for k, v in cache)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits for every position of `ids` ([len, vocab]); for checks, not serving."""
+        paddle = self._paddle
+        with paddle.no_grad():
+            input_ids = paddle.to_tensor([ids], dtype="int64")
+            mask = paddle.zeros([1, 1, 1, 1], dtype="float32")
+            hidden = self.layer.transformer(input_ids, attention_mask=mask, use_cache=False,
+                                            return_dict=False)[0]
+            return self.layer.lm_head(hidden[0]).astype("float32").numpy()
+
+
+def _construct(config: ModelConfig, dtype: str):
+    """CodeGenForCausalLM with parameters not yet initialised (we fill them)."""
+    paddle = import_paddle()
+    transformers = import_paddlenlp_transformers()
+    from paddlenlp.transformers.model_utils import no_init_weights
+
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype("float32")  # the causal-mask buffer; parameters are cast below
+    try:
+        with paddle.LazyGuard(), no_init_weights():
+            layer = transformers.CodeGenForCausalLM(
+                transformers.CodeGenConfig(**config.paddlenlp_kwargs()))
+    finally:
+        paddle.set_default_dtype(previous)
+    # Each layer builds its own [1, 1, n_pos, n_pos] mask (16 MB each at 2048): share one.
+    shared = layer.transformer.h[0].attn.causal_mask
+    for block in layer.transformer.h:
+        block.attn.causal_mask = shared
+    layer.eval()
+    return layer
+
+
+def _set_parameters(layer, arrays, dtype: str) -> None:
+    """Copy numpy arrays (float32 or already `dtype`) into the parameters."""
+    paddle = import_paddle()
+    params = dict(layer.named_parameters())
+    for name, array in arrays:
+        param = params[name]
+        if dtype == "bfloat16":
+            param.set_value(paddle.to_tensor(np.asarray(array, np.float32)).astype("bfloat16"))
+        else:
+            param.set_value(np.ascontiguousarray(array, dtype=dtype))
+
+
+def random_arrays(config: ModelConfig, seed: int = 0):
+    """Random weights of the right shapes, fast: one pool of normals, tiled.
+
+    PaddleNLP's initializer takes ~19 s for 350M.  Here every tensor is the pool
+    tiled from a random offset into one reused staging buffer (fresh pages cost
+    more than the copy), so yielded arrays are only valid until the next one.
+    Layer-norm weights are 1 and biases 0, as after a real initialisation.
+    """
+    rng = np.random.default_rng(seed)
+    pool = rng.standard_normal(_POOL_SIZE, dtype=np.float32) * np.float32(0.02)
+    shapes = config.arch.tensor_shapes()
+    staging = np.empty(max(math.prod(s) for s in shapes.values()), np.float32)
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        out = staging[:size]
+        if name.endswith(("ln_1.weight", "ln_f.weight")):
+            out.fill(1.0)
+        elif name.endswith("bias"):
+            out.fill(0.0)
+        else:
+            pos = int(rng.integers(_POOL_SIZE))
+            filled = 0
+            while filled < size:
+                chunk = min(_POOL_SIZE - pos, size - filled)
+                out[filled:filled + chunk] = pool[pos:pos + chunk]
+                filled += chunk
+                pos = 0
+        yield name, out.reshape(shape)
+
+
+def find_weight_file(model_dir: Path) -> Path:
+    for name in WEIGHT_FILES:
+        path = model_dir / name
+        if path.is_file():
+            return path
+    leftovers = sorted(p.name for p in model_dir.iterdir()
+                       if p.name.startswith(("model_state", "model.safetensors"))
+                       and p.name.endswith(PARTIAL_SUFFIXES))
+    if leftovers:
+        raise ModelFilesError(f"{model_dir}: no complete weight file, only {', '.join(leftovers)} "
+                              "(left by an interrupted copy or download); copy the weights again")
+    raise ModelFilesError(f"{model_dir}: no weight file ({' or '.join(WEIGHT_FILES)}); copy the "
+                          "model's weights here, or convert a Hugging Face checkpoint with "
+                          "`cgconvert from-hf`")
+
+
+def check_weights(weights: dict[str, np.ndarray], config: ModelConfig, path: Path) -> None:
+    """Every expected tensor present with the shape the config gives (mask buffers dropped)."""
+    for name in [n for n in weights if n.endswith(MASK_BUFFER_SUFFIXES)]:
+        del weights[name]
+    expected = config.arch.tensor_shapes()
+    missing = [n for n in expected if n not in weights]
+    if missing:
+        raise ModelFilesError(f"{path}: {len(missing)} tensor(s) missing, first {missing[0]!r}; "
+                              "the file is incomplete or not a CodeGen checkpoint, copy it again")
+    extra = [n for n in weights if n not in expected]
+    if extra:
+        raise ConfigError(f"{path}: unexpected tensor {extra[0]!r} ({len(extra)} in all): the "
+                          f"weights have more layers than {config.source} says; use the config "
+                          "that came with these weights")
+    for name, shape in expected.items():
+        got = tuple(weights[name].shape)
+        if got != shape:
+            hint = ("it looks like a Hugging Face checkpoint, convert it with `cgconvert from-hf`"
+                    if got == shape[::-1] and len(shape) == 2 else
+                    "the config and the weights are of different sizes: use the config that "
+                    "came with these weights")
+            raise ConfigError(f"{path}: {name} has shape {list(got)} but {config.source} "
+                              f"implies {list(shape)}; {hint}")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: PaddleCodeGen
+    tokenizer: object
+    config: ModelConfig
+    source: str
+    load_s: float
+
+
+def load_random(variant_name: str, dtype: str, device: Device, seed: int = 0) -> LoadedModel:
+    from .config import config_from_dict
+    from .tokenizer import ByteTokenizer
+    from .variants import get_variant
+
+    start = time.perf_counter()
+    variant = get_variant(variant_name)
+    check_dtype(dtype, device)
+    activate_device(device, dtype)
+    config = config_from_dict(variant.arch.config_dict(), f"random:{variant.short_name}")
+    layer = _construct(config, dtype)
+    _set_parameters(layer, random_arrays(config, seed), dtype)
+    model = PaddleCodeGen(layer, config, dtype, device)
+    return LoadedModel(model, ByteTokenizer(config.eos_token_id), config,
+                       f"random:{variant.short_name}", time.perf_counter() - start)
+
+
+def load_directory(model_dir: Path, dtype: str, device: Device) -> LoadedModel:
+    from .tokenizer import load_tokenizer
+    from .weights import read_weights
+
+    start = time.perf_counter()
+    if not model_dir.exists():
+        raise ModelFilesError(f"{model_dir}: no such directory; give a model directory or "
+                              "random:<variant> (e.g. random:350M-mono)")
+    if not model_dir.is_dir():
+        raise ModelFilesError(f"{model_dir}: not a directory; give the directory that holds "
+                              "config.json and the weights")
+    check_dtype(dtype, device)
+    config = load_config(model_dir)
+    weight_path = find_weight_file(model_dir)
+    tokenizer = load_tokenizer(model_dir, config.eos_token_id)
+    if tokenizer.usable_ids() > config.arch.vocab_size:
+        raise ConfigError(f"{model_dir}: the tokenizer has {tokenizer.usable_ids()} tokens but "
+                          f"{config.source} gives vocab_size {config.arch.vocab_size}; the "
+                          "tokenizer files belong to another model, copy the matching ones")
+    weights = read_weights(weight_path)
+    check_weights(weights, config, weight_path)
+    activate_device(device, dtype)
+    layer = _construct(config, dtype)
+    _set_parameters(layer, weights.items(), dtype)
+    del weights
+    model = PaddleCodeGen(layer, config, dtype, device)
+    return LoadedModel(model, tokenizer, config, str(model_dir), time.perf_counter() - start)

@@ -1,0 +1,133 @@
+"""Process-level settings: CPU math libraries, devices and dtypes.
+
+`configure_cpu_threads()` must run before `import paddle`: Paddle's CPU wheel
+bundles Intel MKL, which takes a slow generic path on AMD processors unless
+`MKL_DEBUG_CPU_TYPE=5` is set (5x faster matmul measured on this project's AMD
+EPYC machines).  We only fill in variables the user has not set, and we say
+what we set (`applied_settings()`), so a benchmark can record it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+
+from .errors import OptionError
+
+log = logging.getLogger("engine")
+DTYPES = ("float32", "float16", "bfloat16")
+_APPLIED: dict[str, str] = {}
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def configure_cpu_threads() -> dict[str, str]:
+    """Set MKL/OpenMP variables the user left unset; returns what was set."""
+    if "paddle" in sys.modules or os.environ.get("CGW_NO_CPU_TUNING") == "1":
+        return dict(_APPLIED)
+    wanted = {"OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}
+    if _cpu_vendor() == "AuthenticAMD":
+        wanted["MKL_DEBUG_CPU_TYPE"] = "5"
+    for key, value in wanted.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            _APPLIED[key] = value
+    return dict(_APPLIED)
+
+
+def applied_settings() -> dict[str, str]:
+    return dict(_APPLIED)
+
+
+def import_paddle():
+    """Import paddle after the CPU settings (the only place the engine imports it)."""
+    configure_cpu_threads()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading never goes to a hub
+    if "paddle" in sys.modules:
+        return sys.modules["paddle"]
+    # Paddle prints a warning whenever OMP_NUM_THREADS > 1; we set it on purpose.
+    caught = io.StringIO()
+    with contextlib.redirect_stderr(caught), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import paddle
+    rest = [ln for ln in caught.getvalue().splitlines()
+            if "OMP_NUM_THREADS" not in ln and "WISELY" not in ln]
+    if rest:
+        print("\n".join(rest), file=sys.stderr)
+    if _APPLIED:
+        log.info("set %s for Paddle's CPU math (CGW_NO_CPU_TUNING=1 turns this off)",
+                 ", ".join(f"{k}={v}" for k, v in _APPLIED.items()))
+    return paddle
+
+
+def import_paddlenlp_transformers():
+    """`paddlenlp.transformers`, imported quietly (its import warns about unrelated tools)."""
+    import_paddle()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("paddlenlp").setLevel(logging.WARNING)
+        import paddlenlp.transformers as transformers
+    return transformers
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cpu" or "gpu"
+    index: int = 0
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"gpu:{self.index}"
+
+
+def parse_device(text: str) -> Device:
+    """`cpu`, `gpu` or `gpu:N` (also accepts `cuda:N`)."""
+    value = text.strip().lower()
+    if value == "cpu":
+        return Device("cpu")
+    kind, _, index = value.partition(":")
+    if kind in ("gpu", "cuda") and (index == "" or index.isdigit()):
+        return Device("gpu", int(index or 0))
+    raise OptionError(f"device {text!r} is not understood; use cpu, gpu or gpu:N (e.g. gpu:0)")
+
+
+def check_dtype(dtype: str, device: Device) -> str:
+    if dtype not in DTYPES:
+        raise OptionError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    if device.kind == "cpu" and dtype != "float32":
+        raise OptionError(f"dtype {dtype} needs a GPU: Paddle's CPU build has no {dtype} matmul; "
+                          "use --dtype float32 on cpu")
+    return dtype
+
+
+def activate_device(device: Device, dtype: str) -> None:
+    """Make `device` Paddle's current device, or explain why it cannot be used."""
+    paddle = import_paddle()
+    if device.kind == "cpu":
+        paddle.set_device("cpu")
+        return
+    if not paddle.is_compiled_with_cuda():
+        raise OptionError(f"device {device} requested but this Paddle build has no CUDA support; "
+                          "install paddlepaddle-gpu (see README) or use --device cpu")
+    count = paddle.device.cuda.device_count()
+    if device.index >= count:
+        raise OptionError(f"device {device} does not exist: {count} GPU(s) visible "
+                          "(check CUDA_VISIBLE_DEVICES); use gpu:0 to gpu:{count - 1}")
+    paddle.set_device(str(device))
+    if dtype == "bfloat16":
+        major, _ = paddle.device.cuda.get_device_capability(device.index)
+        if major < 8:
+            raise OptionError(f"dtype bfloat16 needs compute capability 8.0 or newer; {device} has "
+                              f"{major}.x: use --dtype float16 or float32")

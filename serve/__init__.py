@@ -1,0 +1,1 @@
+"""cgserve: a Fauxpilot- and OpenAI-compatible completion server."""
