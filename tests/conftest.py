@@ -1,0 +1,56 @@
+"""Fixtures: tiny CodeGen model directories built on the fly (no downloads)."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tests import `builders` and run from a source tree too
+sys.path.insert(0, str(ROOT / "tests"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import builders  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The same tiny random model in three layouts: modern pdparams, legacy, safetensors."""
+    base = tmp_path_factory.mktemp("models")
+    dirs = {"modern": base / "modern", "legacy": base / "legacy", "safetensors": base / "st"}
+    builders.write_model_dir(dirs["modern"])
+    builders.write_model_dir(dirs["legacy"], legacy=True)
+    builders.write_model_dir(dirs["safetensors"], fmt="safetensors")
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_gen(model_dirs):
+    from engine import load
+
+    return load(model_dirs["modern"])
+
+
+@pytest.fixture(scope="session")
+def random_tiny():
+    from engine import load
+
+    return load("random:tiny")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    attempts = []
+
+    def refuse(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(f"network access attempted: {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
