@@ -26,10 +26,12 @@ DEFAULT_MODEL = "random:350M-mono"
 
 
 def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
-         seed: int = 0) -> Generator:
+         seed: int = 0, impl: str = "reference") -> Generator:
     """Load a model directory or `random:<variant>` and return its Generator.
 
-    Never contacts a hub or download server.  Raises :class:`EngineError`
+    `impl`: "fast" (the engine's own Paddle forward) or "reference" (PaddleNLP's
+    CodeGenForCausalLM, which the tests compare the fast one against); both give
+    the same logits to float rounding.  Never contacts a hub or download server.  Raises :class:`EngineError`
     subclasses, each with a one-line message naming the problem and the fix.
     """
     from .model import load_directory, load_random
@@ -37,9 +39,9 @@ def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str 
     dev = parse_device(device)
     spec = str(model)
     if spec.startswith(RANDOM_PREFIX):
-        loaded = load_random(spec[len(RANDOM_PREFIX):], dtype, dev, seed)
+        loaded = load_random(spec[len(RANDOM_PREFIX):], dtype, dev, seed, impl)
     else:
-        loaded = load_directory(Path(spec).expanduser(), dtype, dev)
+        loaded = load_directory(Path(spec).expanduser(), dtype, dev, impl)
     return Generator(loaded)
 
 

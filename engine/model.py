@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig, load_config
-from .errors import ConfigError, ModelFilesError
+from .errors import ConfigError, ModelFilesError, OptionError
 from .runtime import (Device, activate_device, check_dtype, import_paddle,
                       import_paddlenlp_transformers)
 from .variants import MASK_BUFFER_SUFFIXES
@@ -110,6 +110,22 @@ def _set_parameters(layer, arrays, dtype: str) -> None:
             param.set_value(np.ascontiguousarray(array, dtype=dtype))
 
 
+IMPLEMENTATIONS = ("fast", "reference")
+
+
+def build_model(arrays, config: ModelConfig, dtype: str, device: Device, impl: str):
+    """The model behind the engine's interface: `fast` (ours) or `reference` (PaddleNLP's)."""
+    if impl == "fast":
+        from .fast_model import FastCodeGen
+
+        return FastCodeGen(arrays, config, dtype, device)
+    if impl == "reference":
+        layer = _construct(config, dtype)
+        _set_parameters(layer, arrays, dtype)
+        return PaddleCodeGen(layer, config, dtype, device)
+    raise OptionError(f"impl {impl!r} is not known; use one of {', '.join(IMPLEMENTATIONS)}")
+
+
 def random_arrays(config: ModelConfig, seed: int = 0):
     """Random weights of the right shapes, fast: one pool of normals, tiled.
 
@@ -190,7 +206,8 @@ class LoadedModel:
     load_s: float
 
 
-def load_random(variant_name: str, dtype: str, device: Device, seed: int = 0) -> LoadedModel:
+def load_random(variant_name: str, dtype: str, device: Device, seed: int = 0,
+                impl: str = "reference") -> LoadedModel:
     from .config import config_from_dict
     from .tokenizer import ByteTokenizer
     from .variants import get_variant
@@ -200,14 +217,12 @@ def load_random(variant_name: str, dtype: str, device: Device, seed: int = 0) ->
     check_dtype(dtype, device)
     activate_device(device, dtype)
     config = config_from_dict(variant.arch.config_dict(), f"random:{variant.short_name}")
-    layer = _construct(config, dtype)
-    _set_parameters(layer, random_arrays(config, seed), dtype)
-    model = PaddleCodeGen(layer, config, dtype, device)
+    model = build_model(random_arrays(config, seed), config, dtype, device, impl)
     return LoadedModel(model, ByteTokenizer(config.eos_token_id), config,
                        f"random:{variant.short_name}", time.perf_counter() - start)
 
 
-def load_directory(model_dir: Path, dtype: str, device: Device) -> LoadedModel:
+def load_directory(model_dir: Path, dtype: str, device: Device, impl: str = "reference") -> LoadedModel:
     from .tokenizer import load_tokenizer
     from .weights import read_weights
 
@@ -229,8 +244,6 @@ def load_directory(model_dir: Path, dtype: str, device: Device) -> LoadedModel:
     weights = read_weights(weight_path)
     check_weights(weights, config, weight_path)
     activate_device(device, dtype)
-    layer = _construct(config, dtype)
-    _set_parameters(layer, weights.items(), dtype)
+    model = build_model(weights.items(), config, dtype, device, impl)
     del weights
-    model = PaddleCodeGen(layer, config, dtype, device)
     return LoadedModel(model, tokenizer, config, str(model_dir), time.perf_counter() - start)

@@ -78,8 +78,10 @@ def import_paddlenlp_transformers():
     import_paddle()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        logging.getLogger("paddlenlp").setLevel(logging.WARNING)
         import paddlenlp.transformers as transformers
+        from paddlenlp.utils.log import logger as paddlenlp_logger
+
+        paddlenlp_logger.set_level("WARNING")  # it logs every added token at INFO
     return transformers
 
 

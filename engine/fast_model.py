@@ -1,0 +1,173 @@
+"""A leaner CodeGen forward in Paddle, behind the same prefill/decode interface.
+
+Same mathematics as PaddleNLP's CodeGenForCausalLM, fewer and cheaper ops:
+- qkv columns are reordered once at load into [Q | K | V], heads in order, the
+  attention scale folded into Q, and the rotary pairs of Q and K permuted from
+  CodeGen's interleaved layout to two halves (a permutation applied to both Q
+  and K leaves every q.k product unchanged), so rotary is two slices and a concat;
+- one fused GELU (tanh form = gelu_new), one layer_norm per block (parallel block);
+- a preallocated KV cache written in place; no per-step mask tensors;
+- the vocabulary projection only for the last position.
+PaddleNLP's model stays the reference the tests compare against.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelConfig
+from .runtime import Device, import_paddle
+
+
+def _qkv_permutation(n_embd: int, n_head: int, head_dim: int, rotary_dim: int) -> np.ndarray:
+    """Column order that turns CodeGen's 4-shard [q|v|k] qkv into [Q|K|V] (half-split rotary)."""
+    shard = n_embd // 4  # each of the 4 shards holds n_head/4 whole heads of q, v and k
+    q_cols, k_cols, v_cols = [], [], []
+    for m in range(4):
+        base = m * 3 * shard
+        q_cols.append(np.arange(base, base + shard))
+        v_cols.append(np.arange(base + shard, base + 2 * shard))
+        k_cols.append(np.arange(base + 2 * shard, base + 3 * shard))
+    q, k, v = (np.concatenate(c) for c in (q_cols, k_cols, v_cols))
+    # within each head: rotary pairs (0,1),(2,3)... -> evens first, then odds
+    inner = np.concatenate([np.arange(0, rotary_dim, 2), np.arange(1, rotary_dim, 2),
+                            np.arange(rotary_dim, head_dim)])
+    heads = (np.arange(n_head)[:, None] * head_dim + inner[None, :]).reshape(-1)
+    return np.concatenate([q[heads], k[heads], v])
+
+
+@dataclass
+class _Layer:
+    ln_w: object
+    ln_b: object
+    qkv_w: object
+    out_w: object
+    fc_in_w: object
+    fc_in_b: object
+    fc_out_w: object
+    fc_out_b: object
+
+
+class FastCodeGen:
+    """CodeGen forward with a preallocated KV cache; `prefill`/`decode` like PaddleCodeGen."""
+
+    def __init__(self, arrays, config: ModelConfig, dtype: str, device: Device):
+        """`arrays`: (name, numpy array) pairs in PaddleNLP's layout, in any order; each is
+        copied to the device as it comes (the caller may reuse its buffers)."""
+        self._paddle = paddle = import_paddle()
+        self.config, self.dtype, self.device = config, dtype, device
+        a = config.arch
+        self.n_head, self.head_dim, self.rot = a.n_head, a.head_dim, a.rotary_dim
+        self.eps = config.layer_norm_epsilon
+        perm = _qkv_permutation(a.n_embd, a.n_head, a.head_dim, a.rotary_dim)
+        scale = np.ones(3 * a.n_embd, np.float32)
+        scale[: a.n_embd] = 1.0 / math.sqrt(a.head_dim)
+        tensors = {}
+        for name, array in arrays:
+            if name.endswith("attn.qkv_proj.weight"):
+                array = np.asarray(array, np.float32)[:, perm] * scale
+            tensors[name] = self._to_device(array)
+        self.layers = []
+        for i in range(a.n_layer):
+            p = f"transformer.h.{i}."
+            self.layers.append(_Layer(*(tensors.pop(p + n) for n in (
+                "ln_1.weight", "ln_1.bias", "attn.qkv_proj.weight", "attn.out_proj.weight",
+                "mlp.fc_in.weight", "mlp.fc_in.bias", "mlp.fc_out.weight", "mlp.fc_out.bias"))))
+        self.wte = tensors.pop("transformer.wte.weight")
+        self.ln_f_w, self.ln_f_b = tensors.pop("transformer.ln_f.weight"), tensors.pop("transformer.ln_f.bias")
+        self.lm_w, self.lm_b = tensors.pop("lm_head.weight"), tensors.pop("lm_head.bias")
+        inv = 1.0 / (10000 ** (np.arange(0, self.rot, 2, dtype=np.float64) / self.rot))
+        angles = np.arange(a.n_positions, dtype=np.float64)[:, None] * inv[None, :]
+        self.sin = self._to_device(np.sin(angles))  # [positions, rotary_dim / 2]
+        self.cos = self._to_device(np.cos(angles))
+        self._mask_cache: dict[tuple[int, int], object] = {}
+
+    def _to_device(self, array: np.ndarray):
+        paddle = self._paddle
+        if self.dtype == "bfloat16":
+            return paddle.to_tensor(np.asarray(array, np.float32)).astype("bfloat16")
+        return paddle.to_tensor(np.ascontiguousarray(array, dtype=self.dtype))
+
+    # ---- pieces -------------------------------------------------------------------------
+    def _rotary(self, x, pos: int, length: int):
+        """x [B, T, H, D], rotary on the first `rot` dims (half-split layout)."""
+        paddle = self._paddle
+        half = self.rot // 2
+        sin = self.sin[pos:pos + length].unsqueeze([0, 2])
+        cos = self.cos[pos:pos + length].unsqueeze([0, 2])
+        x1, x2, rest = x[..., :half], x[..., half:self.rot], x[..., self.rot:]
+        return paddle.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
+
+    def _causal_mask(self, length: int, past: int):
+        key = (length, past)
+        if key not in self._mask_cache:
+            m = np.triu(np.full((length, past + length), -np.inf, np.float32), k=past + 1)
+            self._mask_cache = {key: self._to_device(m)}
+        return self._mask_cache[key]
+
+    def _block(self, layer: _Layer, x, cache, pos: int):
+        paddle, F = self._paddle, self._paddle.nn.functional
+        b, t, e = x.shape
+        h = F.layer_norm(x, [e], layer.ln_w, layer.ln_b, self.eps)
+        qkv = F.linear(h, layer.qkv_w)
+        q, k, v = paddle.split(qkv, 3, axis=-1)
+        q = self._rotary(q.reshape([b, t, self.n_head, self.head_dim]), pos, t)
+        k = self._rotary(k.reshape([b, t, self.n_head, self.head_dim]), pos, t)
+        v = v.reshape([b, t, self.n_head, self.head_dim])
+        k_cache, v_cache = cache
+        k_cache[:, pos:pos + t] = k
+        v_cache[:, pos:pos + t] = v
+        keys = k_cache[:, : pos + t].transpose([0, 2, 3, 1])  # [B, H, D, S]
+        values = v_cache[:, : pos + t].transpose([0, 2, 1, 3])  # [B, H, S, D]
+        scores = paddle.matmul(q.transpose([0, 2, 1, 3]), keys)  # [B, H, T, S]
+        if t > 1:
+            scores = scores + self._causal_mask(t, pos)
+        attn = paddle.matmul(F.softmax(scores, axis=-1), values)
+        attn = attn.transpose([0, 2, 1, 3]).reshape([b, t, e])
+        mlp = F.linear(F.gelu(F.linear(h, layer.fc_in_w, layer.fc_in_b), approximate=True),
+                       layer.fc_out_w, layer.fc_out_b)
+        return x + F.linear(attn, layer.out_w) + mlp
+
+    def _forward(self, ids: np.ndarray, cache):
+        paddle, F = self._paddle, self._paddle.nn.functional
+        kv, pos = cache
+        with paddle.no_grad():
+            x = F.embedding(paddle.to_tensor(ids, dtype="int64"), self.wte)
+            for layer, layer_cache in zip(self.layers, kv):
+                x = self._block(layer, x, layer_cache, pos)
+            last = F.layer_norm(x[:, -1], [x.shape[-1]], self.ln_f_w, self.ln_f_b, self.eps)
+            logits = F.linear(last, self.lm_w, self.lm_b).astype("float32").numpy()
+        return logits, (kv, pos + ids.shape[1])
+
+    def _new_cache(self, rows: int):
+        paddle = self._paddle
+        shape = [rows, self.config.arch.n_positions, self.n_head, self.head_dim]
+        return [(paddle.zeros(shape, self.dtype), paddle.zeros(shape, self.dtype))
+                for _ in self.layers], 0
+
+    # ---- the engine's model interface ------------------------------------------------------
+    def prefill(self, ids: list[int]):
+        logits, cache = self._forward(np.asarray([ids], np.int64), self._new_cache(1))
+        return logits[0], cache
+
+    def decode(self, tokens: np.ndarray, cache):
+        return self._forward(tokens.reshape(-1, 1).astype(np.int64), cache)
+
+    def expand_cache(self, cache, rows: int):
+        if rows == 1:
+            return cache
+        kv, pos = cache
+        paddle = self._paddle
+        return [(paddle.tile(k, [rows, 1, 1, 1]), paddle.tile(v, [rows, 1, 1, 1]))
+                for k, v in kv], pos
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits for every position (for checks): runs step by step over the cache."""
+        first, cache = self.prefill(ids[:1])
+        rows = [first]
+        for token in ids[1:]:
+            out, cache = self.decode(np.asarray([token]), cache)
+            rows.append(out[0])
+        return np.stack(rows)

@@ -1,0 +1,58 @@
+"""The fast forward against PaddleNLP's model (the reference): same logits, same tokens."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import OptionError, SamplingParams, load
+
+PROMPT = "def fibonacci(n):\n    if n < 2:\n        return n\n"
+
+
+def nmse(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(((ref - got) ** 2).mean() / (ref ** 2).mean())
+
+
+@pytest.fixture(scope="module")
+def fast_gen(model_dirs):
+    return load(model_dirs["modern"], impl="fast")
+
+
+def test_logits_match_the_reference(tiny_gen, fast_gen):
+    ids = tiny_gen.tokenizer.encode(PROMPT)
+    ref, got = tiny_gen.model.logits(ids), fast_gen.model.logits(ids)
+    assert ref.shape == got.shape
+    assert nmse(ref, got) <= 1e-6
+    prefill_logits, _ = fast_gen.model.prefill(ids)  # one batched prefill, not step by step
+    assert nmse(ref[-1], prefill_logits) <= 1e-6
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(max_new_tokens=24, ignore_eos=True),
+    SamplingParams(max_new_tokens=12, temperature=1.2, top_p=0.9, seed=5, n=3, ignore_eos=True),
+    SamplingParams(max_new_tokens=12, stop=("(",), logprobs=2),
+], ids=["greedy", "sampled-n3", "stop-logprobs"])
+def test_same_tokens_as_the_reference(tiny_gen, fast_gen, params):
+    ref, got = tiny_gen.generate(PROMPT, params), fast_gen.generate(PROMPT, params)
+    assert [c.token_ids for c in got.choices] == [c.token_ids for c in ref.choices]
+    assert [c.text for c in got.choices] == [c.text for c in ref.choices]
+    assert [c.finish_reason for c in got.choices] == [c.finish_reason for c in ref.choices]
+
+
+def test_long_prompt_and_truncation_match(tiny_gen, fast_gen):
+    ids = list(range(10, 60)) * 3  # longer than the tiny context of 128
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    ref, got = tiny_gen.generate(ids, params), fast_gen.generate(ids, params)
+    assert got.truncated_tokens == ref.truncated_tokens == 30
+    assert got.choices[0].token_ids == ref.choices[0].token_ids
+
+
+def test_random_variant_is_the_same_model_in_both():
+    ref, fast = load("random:tiny", impl="reference"), load("random:tiny", impl="fast")
+    ids = list(range(40))
+    assert nmse(ref.model.logits(ids), fast.model.logits(ids)) <= 1e-6
+
+
+def test_unknown_impl():
+    with pytest.raises(OptionError, match="impl 'turbo'"):
+        load("random:tiny", impl="turbo")
