@@ -20,6 +20,8 @@ import numpy as np
 from .config import ModelConfig
 from .runtime import Device, import_paddle
 
+CACHE_BLOCK = 256  # KV-cache capacity grows in steps of this many positions
+
 
 def _qkv_permutation(n_embd: int, n_head: int, head_dim: int, rotary_dim: int) -> np.ndarray:
     """Column order that turns CodeGen's 4-shard [q|v|k] qkv into [Q|K|V] (half-split rotary)."""
@@ -100,31 +102,30 @@ class FastCodeGen:
         x1, x2, rest = x[..., :half], x[..., half:self.rot], x[..., self.rot:]
         return paddle.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
 
-    def _causal_mask(self, length: int, past: int):
-        key = (length, past)
+    def _mask(self, length: int, pos: int, capacity: int):
+        """Additive mask [length, capacity]: query i sees keys 0..pos+i, nothing beyond."""
+        key = (length, pos, capacity)
         if key not in self._mask_cache:
-            m = np.triu(np.full((length, past + length), -np.inf, np.float32), k=past + 1)
-            self._mask_cache = {key: self._to_device(m)}
+            rows = np.arange(length)[:, None] + pos
+            m = np.where(np.arange(capacity)[None, :] <= rows, 0.0, -np.inf).astype(np.float32)
+            if len(self._mask_cache) > 64:
+                self._mask_cache.clear()
+            self._mask_cache[key] = self._to_device(m)
         return self._mask_cache[key]
 
-    def _block(self, layer: _Layer, x, cache, pos: int):
+    def _block(self, layer: _Layer, x, kv: list, mask, pos: int):
         paddle, F = self._paddle, self._paddle.nn.functional
         b, t, e = x.shape
         h = F.layer_norm(x, [e], layer.ln_w, layer.ln_b, self.eps)
-        qkv = F.linear(h, layer.qkv_w)
-        q, k, v = paddle.split(qkv, 3, axis=-1)
+        q, k, v = paddle.split(F.linear(h, layer.qkv_w), 3, axis=-1)
         q = self._rotary(q.reshape([b, t, self.n_head, self.head_dim]), pos, t)
         k = self._rotary(k.reshape([b, t, self.n_head, self.head_dim]), pos, t)
         v = v.reshape([b, t, self.n_head, self.head_dim])
-        k_cache, v_cache = cache
-        k_cache[:, pos:pos + t] = k
-        v_cache[:, pos:pos + t] = v
-        keys = k_cache[:, : pos + t].transpose([0, 2, 3, 1])  # [B, H, D, S]
-        values = v_cache[:, : pos + t].transpose([0, 2, 1, 3])  # [B, H, S, D]
-        scores = paddle.matmul(q.transpose([0, 2, 1, 3]), keys)  # [B, H, T, S]
-        if t > 1:
-            scores = scores + self._causal_mask(t, pos)
-        attn = paddle.matmul(F.softmax(scores, axis=-1), values)
+        keys, values = kv  # [B, H, capacity, D], contiguous: written in place, never copied
+        keys[:, :, pos:pos + t] = k.transpose([0, 2, 1, 3])
+        values[:, :, pos:pos + t] = v.transpose([0, 2, 1, 3])
+        scores = paddle.matmul(q.transpose([0, 2, 1, 3]), keys, transpose_y=True) + mask
+        attn = paddle.matmul(F.softmax(scores, axis=-1), values)  # [B, H, T, D]
         attn = attn.transpose([0, 2, 1, 3]).reshape([b, t, e])
         mlp = F.linear(F.gelu(F.linear(h, layer.fc_in_w, layer.fc_in_b), approximate=True),
                        layer.fc_out_w, layer.fc_out_b)
@@ -132,24 +133,44 @@ class FastCodeGen:
 
     def _forward(self, ids: np.ndarray, cache):
         paddle, F = self._paddle, self._paddle.nn.functional
+        cache = self._reserve(cache, ids.shape[1])
         kv, pos = cache
+        mask = self._mask(ids.shape[1], pos, kv[0][0].shape[2])
         with paddle.no_grad():
             x = F.embedding(paddle.to_tensor(ids, dtype="int64"), self.wte)
-            for layer, layer_cache in zip(self.layers, kv):
-                x = self._block(layer, x, layer_cache, pos)
+            for layer, layer_kv in zip(self.layers, kv):
+                x = self._block(layer, x, layer_kv, mask, pos)
             last = F.layer_norm(x[:, -1], [x.shape[-1]], self.ln_f_w, self.ln_f_b, self.eps)
             logits = F.linear(last, self.lm_w, self.lm_b).astype("float32").numpy()
         return logits, (kv, pos + ids.shape[1])
 
-    def _new_cache(self, rows: int):
+    def _reserve(self, cache, new: int):
+        """Grow the cache (in blocks of CACHE_BLOCK positions) so `new` more tokens fit.
+
+        Attention runs over the whole capacity with a mask, so a block wastes at most
+        CACHE_BLOCK - 1 positions of work but no per-step copy is ever made.
+        """
         paddle = self._paddle
-        shape = [rows, self.config.arch.n_positions, self.n_head, self.head_dim]
-        return [(paddle.zeros(shape, self.dtype), paddle.zeros(shape, self.dtype))
-                for _ in self.layers], 0
+        kv, pos = cache
+        capacity = kv[0][0].shape[2] if kv else 0
+        if pos + new <= capacity:
+            return cache
+        limit = self.config.arch.n_positions
+        size = min(limit, -(-(pos + new) // CACHE_BLOCK) * CACHE_BLOCK)
+        rows = kv[0][0].shape[0] if kv else 1
+        shape = [rows, self.n_head, size, self.head_dim]
+        grown = []
+        for layer in range(len(self.layers)):
+            pair = (paddle.zeros(shape, self.dtype), paddle.zeros(shape, self.dtype))
+            if kv and pos:
+                pair[0][:, :, :pos] = kv[layer][0][:, :, :pos]
+                pair[1][:, :, :pos] = kv[layer][1][:, :, :pos]
+            grown.append(pair)
+        return grown, pos
 
     # ---- the engine's model interface ------------------------------------------------------
     def prefill(self, ids: list[int]):
-        logits, cache = self._forward(np.asarray([ids], np.int64), self._new_cache(1))
+        logits, cache = self._forward(np.asarray([ids], np.int64), ([], 0))
         return logits[0], cache
 
     def decode(self, tokens: np.ndarray, cache):
