@@ -169,9 +169,26 @@ class FastCodeGen:
         return grown, pos
 
     # ---- the engine's model interface ------------------------------------------------------
-    def prefill(self, ids: list[int]):
-        logits, cache = self._forward(np.asarray([ids], np.int64), ([], 0))
+    supports_prefix_reuse = True
+
+    def prefill(self, ids: list[int], cache=None, start: int = 0):
+        """Run `ids[start:]` on top of `cache`, which must hold `ids[:start]` (one row)."""
+        if cache is None or start == 0:
+            cache, start = ([], 0), 0
+        else:
+            cache = (cache[0], start)  # positions from `start` on are overwritten
+        logits, cache = self._forward(np.asarray([ids[start:]], np.int64), cache)
         return logits[0], cache
+
+    def kv_bytes_per_token(self, rows: int = 1) -> int:
+        return self.config.arch.kv_bytes_per_token(self.dtype) * rows
+
+    def cache_nbytes(self, cache) -> int:
+        kv, _ = cache
+        if not kv:
+            return 0
+        rows, _, capacity, _ = kv[0][0].shape
+        return self.kv_bytes_per_token(rows) * capacity
 
     def decode(self, tokens: np.ndarray, cache):
         return self._forward(tokens.reshape(-1, 1).astype(np.int64), cache)

@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import OptionError
+from .prefix_cache import PrefixCache
 from .sampling import SamplingParams, choose, log_softmax, penalise
 from .stops import StopMatcher
 from .tokenizer import IncrementalDecoder
@@ -47,6 +48,7 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     truncated_tokens: int  # prompt tokens cut from the left to fit the context
+    reused_tokens: int  # prompt tokens whose KV cache came from an earlier request
     seed: int
     load_s: float
     ttft_ms: float
@@ -122,13 +124,22 @@ class Stream:
 class Generator:
     """Generates completions from a loaded model; one request at a time per instance."""
 
-    def __init__(self, loaded):
+    def __init__(self, loaded, prefix_cache_bytes: int | None = None):
+        """`prefix_cache_bytes`: KV-cache budget for reusing earlier prompts (0 turns reuse
+        off; None: two full contexts, where the model supports reuse)."""
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
         self.source = loaded.source
         self.load_s = loaded.load_s
         self._lock = threading.Lock()
+        self._last_cache = None
+        self.prefix_cache = None
+        if getattr(self.model, "supports_prefix_reuse", False):
+            if prefix_cache_bytes is None:
+                prefix_cache_bytes = 2 * self.context_length * self.model.kv_bytes_per_token()
+            if prefix_cache_bytes > 0:
+                self.prefix_cache = PrefixCache(prefix_cache_bytes)
         vocab = self.config.arch.vocab_size
         usable = min(self.tokenizer.usable_ids(), vocab)
         self._bias = None
@@ -185,26 +196,18 @@ class Generator:
         states = [_ChoiceState(i, self.tokenizer, stops, seed) for i in range(params.n)]
         times: list[float] = []
         with self._lock:
-            logits, cache = self.model.prefill(ids)
+            logits, prompt_cache, reused = self._prefill(ids)
             prefill_ms = (time.perf_counter() - start) * 1e3
             rows = np.repeat(logits[None, :], params.n, axis=0)
-            cache = self.model.expand_cache(cache, params.n)
-            for step in range(params.max_new_tokens):
-                if cancel.is_set():
-                    break
-                tokens = np.zeros(params.n, dtype=np.int64)
-                now = time.perf_counter() - start
-                for state in states:
-                    if state.done:
-                        continue
-                    token, event = self._advance(state, rows[state.choice.index], params, now,
-                                                 last=step == params.max_new_tokens - 1)
-                    tokens[state.choice.index] = token
-                    yield event
-                times.append(now * 1e3)
-                if all(s.done for s in states) or step == params.max_new_tokens - 1:
-                    break
-                rows, cache = self.model.decode(tokens, cache)
+            cache = self.model.expand_cache(prompt_cache, params.n)
+            fed = list(ids)  # the tokens `cache` holds, for the prefix cache
+            try:
+                yield from self._decode_loop(states, rows, cache, fed, params, cancel, start, times)
+            finally:
+                if params.n == 1:
+                    self._keep(fed, self._last_cache)
+                else:  # the choices' rows differ; keep the shared prompt
+                    self._keep(ids, prompt_cache)
         for state in states:
             if not state.done:
                 text = state.finish("cancelled")
@@ -214,10 +217,47 @@ class Generator:
         return GenerationResult(
             choices=[s.choice for s in states], prompt_tokens=len(ids),
             completion_tokens=sum(s.generated for s in states),
-            truncated_tokens=truncated, seed=seed, load_s=self.load_s,
+            truncated_tokens=truncated, reused_tokens=reused, seed=seed, load_s=self.load_s,
             ttft_ms=times[0] if times else e2e_ms, prefill_ms=prefill_ms, e2e_ms=e2e_ms,
             token_times_ms=times,
         )
+
+    def _prefill(self, ids: list[int]):
+        """Run the prompt, starting from the longest cached prefix when there is one."""
+        cache, reused = (None, 0) if self.prefix_cache is None else self.prefix_cache.take(ids)
+        if cache is None:
+            logits, cache = self.model.prefill(ids)
+        else:
+            logits, cache = self.model.prefill(ids, cache=cache, start=reused)
+        if self.prefix_cache is not None:
+            self.prefix_cache.count(reused, len(ids) - reused)
+        self._last_cache = cache
+        return logits, cache, reused
+
+    def _decode_loop(self, states, rows, cache, fed, params, cancel, start, times):
+        """Sample, report and feed back one token per choice per step."""
+        for step in range(params.max_new_tokens):
+            if cancel.is_set():
+                return
+            tokens = np.zeros(params.n, dtype=np.int64)
+            now = time.perf_counter() - start
+            for state in states:
+                if state.done:
+                    continue
+                token, event = self._advance(state, rows[state.choice.index], params, now,
+                                             last=step == params.max_new_tokens - 1)
+                tokens[state.choice.index] = token
+                yield event
+            times.append(now * 1e3)
+            if all(s.done for s in states) or step == params.max_new_tokens - 1:
+                return
+            rows, cache = self.model.decode(tokens, cache)
+            self._last_cache = cache
+            fed.append(int(tokens[0]))
+
+    def _keep(self, tokens: list[int], cache) -> None:
+        if self.prefix_cache is not None and cache is not None:
+            self.prefix_cache.put(tokens, cache, self.model.cache_nbytes(cache))
 
     def _advance(self, state: _ChoiceState, logits: np.ndarray, params: SamplingParams,
                  now: float, last: bool) -> tuple[int, TokenEvent]:

@@ -1,0 +1,90 @@
+"""Reuse the KV cache of recent prompts: an editor's next prompt extends its last one.
+
+Entries are owned: `take` removes the best entry, the request then writes into
+it, and `put` stores the result under exactly the tokens it now holds.  So no
+entry is ever shared between two requests and none can be left inconsistent
+(a cancelled request stores what it computed so far).  The longest common
+prefix is taken over token ids, which backs off by itself when a re-tokenised
+prompt differs from the cached one in its last tokens.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger("engine")
+
+
+@dataclass
+class _Entry:
+    tokens: np.ndarray
+    cache: object
+    nbytes: int
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if diff.size else n
+
+
+class PrefixCache:
+    """LRU of (token ids, KV cache) within a byte budget."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = int(budget_bytes)
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._next = 0
+        self._lock = threading.Lock()
+        self._warned = False
+        self.reused_tokens = 0
+        self.computed_tokens = 0
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def take(self, ids: list[int]) -> tuple[object | None, int]:
+        """Remove and return the entry sharing the longest prefix with `ids`, and that length.
+
+        At most len(ids) - 1 tokens are reused: the last prompt token must be run
+        to get the logits of the first new token.
+        """
+        want = np.asarray(ids, dtype=np.int64)
+        with self._lock:
+            best, best_len = None, 0
+            for key, entry in self._entries.items():
+                n = min(common_prefix(entry.tokens, want), len(ids) - 1)
+                if n > best_len:
+                    best, best_len = key, n
+            if best is None:
+                return None, 0
+            return self._entries.pop(best).cache, best_len
+
+    def put(self, tokens: list[int], cache: object, nbytes: int) -> None:
+        if nbytes > self.budget_bytes:
+            if not self._warned:
+                log.warning("prefix cache budget %.0f MB is smaller than one prompt's KV cache "
+                            "(%.0f MB): completions work, without reuse", self.budget_bytes / 2**20,
+                            nbytes / 2**20)
+                self._warned = True
+            return
+        with self._lock:
+            self._entries[self._next] = _Entry(np.asarray(tokens, np.int64), cache, nbytes)
+            self._next += 1
+            while self.used_bytes > self.budget_bytes:
+                self._entries.popitem(last=False)
+
+    def count(self, reused: int, computed: int) -> None:
+        with self._lock:
+            self.reused_tokens += reused
+            self.computed_tokens += computed

@@ -1,0 +1,108 @@
+"""Reusing the KV cache of earlier prompts: same outputs, fewer tokens computed."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from engine import SamplingParams, load
+from engine.generate import Generator
+from engine.prefix_cache import PrefixCache, common_prefix
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The same random model with and without reuse."""
+    with_reuse = load("random:tiny", impl="fast")
+    loaded = type("L", (), {})()
+    for name in ("model", "tokenizer", "config", "source", "load_s"):
+        setattr(loaded, name, getattr(with_reuse, name if name != "source" else "source"))
+    without = Generator(loaded, prefix_cache_bytes=0)
+    return with_reuse, without
+
+
+def typing_prompts(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    text = "".join(chr(c) for c in rng.integers(97, 123, 300))
+    return [text[: 200 + 7 * i] for i in range(n)]
+
+
+def test_outputs_identical_with_and_without_reuse(pair):
+    with_reuse, without = pair
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    reused_total = 0
+    for prompt in typing_prompts():
+        a, b = with_reuse.generate(prompt, params), without.generate(prompt, params)
+        assert a.choices[0].token_ids == b.choices[0].token_ids
+        reused_total += a.reused_tokens
+        assert b.reused_tokens == 0
+    assert reused_total > 5 * 190  # every prompt after the first reused its predecessor
+    assert with_reuse.prefix_cache.reused_tokens >= reused_total
+
+
+def test_logits_identical_after_reuse(pair):
+    with_reuse, _ = pair
+    model = with_reuse.model
+    ids = list(range(30, 130))
+    fresh, _ = model.prefill(ids)
+    _, cache = model.prefill(ids[:70])
+    resumed, _ = model.prefill(ids, cache=cache, start=60)  # back off below what it holds
+    nmse = ((fresh - resumed) ** 2).mean() / (fresh ** 2).mean()
+    assert nmse <= 1e-6
+
+
+def test_a_cancelled_request_leaves_a_consistent_entry(pair):
+    with_reuse, without = pair
+    prompt = typing_prompts(seed=3)[0]
+    cancel = threading.Event()
+    stream = with_reuse.stream(prompt, SamplingParams(max_new_tokens=50, ignore_eos=True), cancel)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            cancel.set()
+    assert stream.result.finish_reason == "cancelled"
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    a, b = with_reuse.generate(prompt + "xyz", params), without.generate(prompt + "xyz", params)
+    assert a.reused_tokens > 0 and a.choices[0].token_ids == b.choices[0].token_ids
+
+
+def test_sampling_n_choices_with_reuse(pair):
+    with_reuse, without = pair
+    prompt = typing_prompts(seed=4)[0]
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=9, n=3, ignore_eos=True)
+    with_reuse.generate(prompt, params)
+    a, b = with_reuse.generate(prompt + "q", params), without.generate(prompt + "q", params)
+    assert a.reused_tokens == len(prompt)
+    assert [c.token_ids for c in a.choices] == [c.token_ids for c in b.choices]
+
+
+def test_budget_evicts_least_recently_used():
+    cache = PrefixCache(budget_bytes=250)
+    cache.put([1, 2, 3], "a", 100)
+    cache.put([4, 5, 6], "b", 100)
+    cache.put([7, 8, 9], "c", 100)  # over budget: "a" goes
+    assert len(cache) == 2 and cache.used_bytes == 200
+    assert cache.take([1, 2, 3, 4]) == (None, 0)
+    assert cache.take([4, 5, 6, 7]) == ("b", 3)
+    assert cache.take([4, 5, 6, 7]) == (None, 0)  # taken: owned by that request now
+
+
+def test_budget_too_small_for_one_prompt_works_without_reuse(caplog):
+    cache = PrefixCache(budget_bytes=10)
+    with caplog.at_level("WARNING", logger="engine"):
+        cache.put([1, 2], "x", 100)
+        cache.put([1, 2], "x", 100)
+    assert len(cache) == 0
+    assert sum("smaller than one prompt" in r.message for r in caplog.records) == 1
+
+
+def test_at_least_one_prompt_token_is_recomputed():
+    cache = PrefixCache(budget_bytes=1000)
+    cache.put([1, 2, 3], "a", 1)
+    assert cache.take([1, 2, 3]) == ("a", 2)
+
+
+def test_common_prefix():
+    assert common_prefix(np.array([1, 2, 3]), np.array([1, 2, 4, 5])) == 2
+    assert common_prefix(np.array([1, 2]), np.array([1, 2, 3])) == 2
+    assert common_prefix(np.array([], dtype=np.int64), np.array([1])) == 0
