@@ -26,12 +26,15 @@ DEFAULT_MODEL = "random:350M-mono"
 
 
 def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
-         seed: int = 0, impl: str = "reference") -> Generator:
+         seed: int = 0, impl: str = "reference",
+         prefix_cache_bytes: int | None = None) -> Generator:
     """Load a model directory or `random:<variant>` and return its Generator.
 
     `impl`: "fast" (the engine's own Paddle forward) or "reference" (PaddleNLP's
     CodeGenForCausalLM, which the tests compare the fast one against); both give
-    the same logits to float rounding.  Never contacts a hub or download server.  Raises :class:`EngineError`
+    the same logits to float rounding.  `prefix_cache_bytes`: KV-cache budget for
+    reusing the prompts of earlier requests (fast impl only; 0 turns reuse off,
+    None: two full contexts).  Never contacts a hub or download server.  Raises :class:`EngineError`
     subclasses, each with a one-line message naming the problem and the fix.
     """
     from .model import load_directory, load_random
@@ -42,7 +45,7 @@ def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str 
         loaded = load_random(spec[len(RANDOM_PREFIX):], dtype, dev, seed, impl)
     else:
         loaded = load_directory(Path(spec).expanduser(), dtype, dev, impl)
-    return Generator(loaded)
+    return Generator(loaded, prefix_cache_bytes=prefix_cache_bytes)
 
 
 __all__ = [

@@ -7,19 +7,13 @@ import numpy as np
 import pytest
 
 from engine import SamplingParams, load
-from engine.generate import Generator
 from engine.prefix_cache import PrefixCache, common_prefix
 
 
 @pytest.fixture(scope="module")
 def pair():
-    """The same random model with and without reuse."""
-    with_reuse = load("random:tiny", impl="fast")
-    loaded = type("L", (), {})()
-    for name in ("model", "tokenizer", "config", "source", "load_s"):
-        setattr(loaded, name, getattr(with_reuse, name if name != "source" else "source"))
-    without = Generator(loaded, prefix_cache_bytes=0)
-    return with_reuse, without
+    """The same random model (same seed) with and without reuse."""
+    return load("random:tiny", impl="fast"), load("random:tiny", impl="fast", prefix_cache_bytes=0)
 
 
 def typing_prompts(n=6, seed=0):
