@@ -1,12 +1,169 @@
-"""cgbench command line (subcommands arrive with the cgbench issue)."""
+"""cgbench command line: a thin shell over bench's functions (data to stdout, progress to stderr)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
-from engine.cli_common import version_option
+from engine.cli_common import user_errors, version_option
 
 
 @click.group(help="Measure latency and memory of CodeGen variants on this machine.")
 @version_option("cgbench")
 def main() -> None:
     pass
+
+
+def default_run_dir() -> Path:
+    from datetime import datetime
+
+    return Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+@main.command()
+@click.option("--variants", help="Comma-separated variants, e.g. 350M-mono,2B-multi "
+              "(default: the 350M variants on cpu, 350M-mono and 2B-mono on a GPU).")
+@click.option("--sizes", help="Sizes to combine with --data, e.g. 350M,2B.")
+@click.option("--data", "data", help="Data sets to combine with --sizes: nl, multi, mono.")
+@click.option("--weights", default="random", show_default=True,
+              help="`random` or a directory holding codegen-<size>-<data> model directories.")
+@click.option("--dtype", default="float32", show_default=True, help="Comma-separated dtypes.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or gpu:N.")
+@click.option("--prompt-tokens", default="128", show_default=True, help="Prompt lengths, comma-separated.")
+@click.option("--new-tokens", default="16", show_default=True, help="New tokens per request, comma-separated.")
+@click.option("--batch", default="1", show_default=True, help="Rows decoded together, comma-separated.")
+@click.option("--repeats", default=3, show_default=True, type=int, help="Measured runs per point.")
+@click.option("--warmup", default=1, show_default=True, type=int, help="Warm-up runs per point.")
+@click.option("--backend", default="paddle", show_default=True, help="paddle, hf or paddle,hf.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default results/run-<time>).")
+@click.option("--resume", is_flag=True, help="Finish the run in --out: skip points already done.")
+@click.option("--timeout", "timeout_s", type=float, help="Give up on a point after this many seconds.")
+@user_errors
+def run(variants, sizes, data, weights, dtype, device, prompt_tokens, new_tokens, batch, repeats,
+        warmup, backend, seed, out, resume, timeout_s):
+    """Sweep variants x shapes; each point in its own process; results in RUN/points.csv."""
+    from .errors import BenchError
+    from .plan import build_plan
+    from .runner import run_sweep
+
+    if resume and out is None:
+        raise BenchError("--resume needs --out RUN (the run directory to finish)")
+    points = build_plan(variants=variants, sizes=sizes, data=data, weights=weights, dtype=dtype,
+                        device=device, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                        batch=batch, repeats=repeats, warmup=warmup, backend=backend, seed=seed)
+    out = out or default_run_dir()
+    rows = run_sweep(points, out, resume=resume, timeout_s=timeout_s)
+    failed = [r for r in rows if r["status"] != "ok"]
+    click.echo(f"{out}: {len(rows) - len(failed)} ok, {len(failed)} failed "
+               f"(`cgbench report {out}`)", err=True)
+
+
+FORMATS = click.Choice(["text", "markdown", "json"])
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+@click.option("--plots/--no-plots", default=True, show_default=True,
+              help="Write latency.png and memory.png into RUN.")
+@click.option("--write/--no-write", "write_md", default=True, show_default=True,
+              help="Also write RUN/report.md.")
+@user_errors
+def report(run_dir, fmt, plots, write_md):
+    """Print RUN's table; write RUN/report.md and PNG plots."""
+    from .report import load_run, render_report, write_plots
+    from .schema import atomic_write
+
+    rows, env = load_run(run_dir)
+    click.echo(render_report(rows, env, fmt, run_dir.name).rstrip("\n"))
+    if write_md:
+        atomic_write(run_dir / "report.md", render_report(rows, env, "markdown", run_dir.name))
+    if plots:
+        for path in write_plots(rows, env, run_dir):
+            click.echo(f"wrote {path}", err=True)
+
+
+@main.command()
+@click.argument("run_a", metavar="A", type=click.Path(path_type=Path))
+@click.argument("run_b", metavar="B", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+@click.option("--metrics", help="Only metrics starting with these, comma-separated (e.g. ttft,tpot).")
+@user_errors
+def compare(run_a, run_b, fmt, metrics):
+    """B / A for every metric of the points both runs measured."""
+    from .compare import compare_runs, render_comparison
+    from .errors import BenchError
+    from .plan import split_list
+
+    items, only_a, only_b = compare_runs(run_a, run_b)
+    if not items:
+        raise BenchError(f"{run_a} and {run_b} share no successful point (same variant, backend, "
+                         "dtype, prompt, new tokens, batch); nothing to compare")
+    click.echo(render_comparison(items, fmt, tuple(split_list(metrics)) or None))
+    for label, keys in (("only in A", only_a), ("only in B", only_b)):
+        if keys:
+            click.echo(f"{label}: " + ", ".join("/".join(k) for k in keys), err=True)
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--memory", required=True, help="Memory of one GPU, e.g. 24GB.")
+@click.option("--gpus", default=1, show_default=True, type=int)
+@click.option("--max-ttft-ms", type=float, help="Longest acceptable time to first token.")
+@click.option("--max-tpot-ms", type=float, help="Longest acceptable time per output token.")
+@click.option("--prompt-tokens", type=int, help="Prompt length the ttft limit applies to "
+              "(default: the longest the run measured).")
+@click.option("--batch", default=1, show_default=True, type=int)
+@click.option("--data", "data", default="mono", show_default=True, help="nl, multi or mono.")
+@click.option("--gpu", "gpu_name", help="Target GPU (e.g. P40) when the run is from another device.")
+@click.option("--dtype", default="float32,float16", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def recommend(run_dir, memory, gpus, max_ttft_ms, max_tpot_ms, prompt_tokens, batch, data,
+              gpu_name, dtype, as_json):
+    """The most capable variant that fits the GPUs and latency limits, and why others don't."""
+    import json
+
+    from .errors import BenchError
+    from .plan import split_list
+    from .recommend import parse_memory, recommend as pick, recommendation_dict, render_recommendation
+    from .report import load_run
+
+    rows, env = load_run(run_dir)
+    dtypes = tuple(split_list(dtype))
+    bad = [d for d in dtypes if d not in ("float32", "float16", "bfloat16")]
+    if bad or not dtypes:
+        raise BenchError(f"--dtype {dtype!r}: use float32, float16, bfloat16 (comma-separated)")
+    result = pick(rows, env, parse_memory(memory), gpus, max_ttft_ms, max_tpot_ms, prompt_tokens,
+                  batch=batch, dtypes=dtypes, data=data, gpu_name=gpu_name)
+    if as_json:
+        click.echo(json.dumps(recommendation_dict(result), indent=2))
+    else:
+        click.echo(render_recommendation(result))
+    if result["chosen"] is None:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("url")
+@click.option("--concurrency", default=1, show_default=True, type=int)
+@click.option("--requests", default=8, show_default=True, type=int)
+@click.option("--prompt-tokens", default=128, show_default=True, type=int)
+@click.option("--max-tokens", default=16, show_default=True, type=int)
+@click.option("--stream/--no-stream", default=True, show_default=True)
+@click.option("--model", default="", help="`model` field of each request.")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, as_json):
+    """Load-test an OpenAI-compatible server: client-side TTFT, ITL, E2E, throughput."""
+    import json
+
+    from .load import LoadConfig, render_load, run_load
+
+    cfg = LoadConfig(url, concurrency, requests, prompt_tokens, max_tokens, stream, model)
+    summary = run_load(cfg, on_done=lambda n, total: click.echo(f"\r{n}/{total} requests", err=True, nl=False))
+    click.echo("", err=True)
+    click.echo(json.dumps(summary, indent=2) if as_json else render_load(summary))
+    if summary["completed"] == 0:
+        raise SystemExit(1)

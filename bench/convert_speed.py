@@ -1,0 +1,189 @@
+"""Benchmark `cgconvert from-hf` on the 350M architecture in fp32 (random weights, no download).
+
+Builds a Hugging Face-format checkpoint of the real 350M shapes in a temporary directory
+(`pytorch_model.bin` written by torch.save, or `model.safetensors`), then, each in a fresh child
+process so peak RSS is its own:
+
+* raw: read the source weight file and write the same number of bytes (fsync), in 16 MiB blocks:
+  the floor any converter pays;
+* convert: `convert.hf.convert_hf` to safetensors and to pdparams.
+
+The issue's targets: conversion time <= 2x raw read+write, peak RSS <= 2.2x the model's bytes.
+Both run on a warm page cache (the checkpoint was just written).  Usage:
+
+    python bench/convert_speed.py [--repeats 3] [--source bin|safetensors|both] [--out results/convert]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BLOCK = 16 << 20
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def build_checkpoint(src: Path, source: str, seed: int = 0) -> int:
+    """A random HF-format 350M checkpoint; returns the weight bytes."""
+    import numpy as np
+
+    from convert.mapping import is_transposed
+    from engine.variants import ARCHITECTURES
+
+    arch = ARCHITECTURES["350M"]
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, shape in arch.tensor_shapes().items():
+        hf_shape = shape[::-1] if len(shape) == 2 and is_transposed(name) else shape
+        state[name] = rng.standard_normal(hf_shape, dtype=np.float32) * np.float32(0.02)
+    nbytes = sum(a.nbytes for a in state.values())
+    if source == "bin":
+        import torch
+
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, str(src / "pytorch_model.bin"))
+    else:
+        from engine.weights import write_safetensors
+
+        write_safetensors(src / "model.safetensors", state, {"format": "pt"})
+    cfg = {**arch.config_dict(), "torch_dtype": "float32"}
+    (src / "config.json").write_text(json.dumps(cfg, indent=2))
+    vocab = {c: i for i, c in enumerate(_bytes_to_unicode().values())}
+    vocab["<|endoftext|>"] = len(vocab)
+    (src / "vocab.json").write_text(json.dumps(vocab))
+    (src / "merges.txt").write_text("#version: 0.2\n")
+    return nbytes
+
+
+def _child(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_main(mode: str, src: str, dst: str, fmt: str) -> None:
+    start = time.perf_counter()
+    if mode == "raw":
+        weight = next(p for p in Path(src).iterdir() if p.suffix in (".bin", ".safetensors"))
+        with open(weight, "rb") as fin, open(dst, "wb") as fout:
+            while block := fin.read(BLOCK):
+                fout.write(block)
+            fout.flush()
+            os.fsync(fout.fileno())
+    else:
+        from convert.hf import convert_hf
+
+        convert_hf(Path(src), Path(dst), dtype="float32", fmt=fmt)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak_rss_bytes()}))
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS (VmHWM).  Not ru_maxrss: after fork+exec that also carries the
+    parent's high-water mark, which here held the whole checkpoint."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _baseline_rss() -> int:
+    """Peak RSS of a child that only imports what the converter imports."""
+    code = ("import convert.hf, convert.output, numpy, bench.convert_speed as b; "
+            "print(b.peak_rss_bytes())")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return int(out.stdout.strip())
+
+
+def run(source: str, repeats: int, work: Path) -> dict:
+    src = work / f"hf-350M-{source}"
+    model_bytes = build_checkpoint(src, source)
+    weight_file = next(p for p in src.iterdir() if p.suffix in (".bin", ".safetensors"))
+    runs: dict[str, list[dict]] = {"raw": [], "safetensors": [], "pdparams": []}
+    for _ in range(repeats):  # interleaved, so drifting machine load hits all three alike
+        for mode in runs:
+            dst = work / f"out-{mode}"
+            runs[mode].append(_child(["raw" if mode == "raw" else "convert", str(src), str(dst),
+                                      mode]))
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            else:
+                dst.unlink()
+    shutil.rmtree(src)
+    raw_s = statistics.median(r["seconds"] for r in runs["raw"])
+    result = {"source": source, "source_file": weight_file.name,
+              "source_file_bytes": weight_file.stat().st_size if weight_file.exists() else None,
+              "model_bytes": model_bytes, "repeats": repeats,
+              "raw_read_write_s": raw_s, "raw_runs_s": [r["seconds"] for r in runs["raw"]]}
+    for fmt in ("safetensors", "pdparams"):
+        secs = [r["seconds"] for r in runs[fmt]]
+        peak = max(r["peak_rss_bytes"] for r in runs[fmt])
+        result[fmt] = {"convert_s": statistics.median(secs), "runs_s": secs,
+                       "time_vs_raw": statistics.median(secs) / raw_s,
+                       "peak_rss_bytes": peak, "peak_rss_vs_model": peak / model_bytes}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "SRC", "DST", "FMT"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--source", choices=("bin", "safetensors", "both"), default="both")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "convert")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="Where to build the checkpoint (needs ~3x 1.4 GB free).")
+    args = parser.parse_args()
+    if args.child:
+        child_main(*args.child)
+        return
+    sources = ("bin", "safetensors") if args.source == "both" else (args.source,)
+    with tempfile.TemporaryDirectory(prefix="cgconvert-bench-", dir=args.workdir) as tmp:
+        results = [run(s, args.repeats, Path(tmp)) for s in sources]
+    record = {
+        "benchmark": "cgconvert from-hf, 350M architecture, float32, random weights",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count()},
+        "page_cache": "warm (checkpoint just written)",
+        "import_baseline_rss_bytes": _baseline_rss(),
+        "targets": {"time_vs_raw_max": 2.0, "peak_rss_vs_model_max": 2.2},
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "convert_speed.json").write_text(json.dumps(record, indent=2) + "\n")
+    for r in results:
+        print(f"{r['source_file']}: raw read+write {r['raw_read_write_s']:.2f} s; model "
+              f"{r['model_bytes'] / 1e9:.2f} GB")
+        for fmt in ("safetensors", "pdparams"):
+            m = r[fmt]
+            print(f"  -> {fmt}: {m['convert_s']:.2f} s ({m['time_vs_raw']:.2f}x raw), peak RSS "
+                  f"{m['peak_rss_bytes'] / 1e9:.2f} GB ({m['peak_rss_vs_model']:.2f}x model)")
+    print(f"wrote {args.out / 'convert_speed.json'}")
+
+
+if __name__ == "__main__":
+    main()
