@@ -1,0 +1,134 @@
+"""From source tensors to a PaddleNLP model directory: name/shape checks, transposes, casts.
+
+Hugging Face and PaddleNLP use the same tensor names; PyTorch's Linear stores ``[out, in]`` and
+Paddle's ``[in, out]``, so the 2-D weights of qkv_proj, out_proj, fc_in, fc_out and lm_head are
+transposed.  No q/k/v reordering is needed (both use the same 4-shard layout).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.config import ModelConfig
+from engine.errors import ConfigError
+from engine.variants import MASK_BUFFER_SUFFIXES
+
+from .configs import config_files
+from .errors import SourceError
+from .output import OutTensor, staging_dir, write_weights
+from .tensors import (BF16, WEIGHT_DTYPES, SourceTensor, bf16_bits_to_f32, cast_array,
+                      overflow_count, transpose2d)
+
+TRANSPOSED_SUFFIXES = (".attn.qkv_proj.weight", ".attn.out_proj.weight", ".mlp.fc_in.weight",
+                       ".mlp.fc_out.weight")
+Progress = Callable[[str, int], None]
+
+
+def is_transposed(name: str) -> bool:
+    return name == "lm_head.weight" or name.endswith(TRANSPOSED_SUFFIXES)
+
+
+@dataclass
+class WeightPlan:
+    tensors: list[OutTensor]
+    source_dtype: str
+    dtype: str
+    dropped: list[str]
+    overflow: dict[str, int] = field(default_factory=dict)  # float16 overflow to inf, per tensor
+
+    @property
+    def param_count(self) -> int:
+        return sum(math.prod(t.shape) for t in self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def source_dtype_of(tensors: dict[str, SourceTensor], where: str) -> str:
+    dtypes = sorted({t.dtype for t in tensors.values()})
+    if len(dtypes) != 1:
+        raise SourceError(f"{where}: tensors of mixed dtypes ({', '.join(dtypes)}); pass --dtype "
+                          "to choose the output dtype")
+    return dtypes[0]
+
+
+def plan_weights(tensors: dict[str, SourceTensor], config: ModelConfig, dtype: str,
+                 transpose: bool, where: str, progress: Progress | None = None) -> WeightPlan:
+    """Check every tensor against `config` and prepare lazy producers in PaddleNLP's layout.
+
+    `dtype` "auto" keeps the source dtype.  Mask buffers of old checkpoints are dropped unread.
+    """
+    tensors = dict(tensors)
+    dropped = sorted(n for n in tensors if n.endswith(MASK_BUFFER_SUFFIXES))
+    for name in dropped:
+        del tensors[name]
+    expected = config.arch.tensor_shapes()
+    missing = [n for n in expected if n not in tensors]
+    if missing:
+        raise SourceError(f"{where}: {len(missing)} tensor(s) missing, first {missing[0]!r}; the "
+                          "checkpoint is incomplete (copy every shard) or not a CodeGen model")
+    extra = [n for n in tensors if n not in expected]
+    if extra:
+        raise ConfigError(f"{where}: unexpected tensor {extra[0]!r} ({len(extra)} in all); the "
+                          f"weights do not match {config.source}: use the config that came with them")
+    source_dtype = source_dtype_of(tensors, where)
+    if dtype == "auto":
+        if source_dtype not in WEIGHT_DTYPES:
+            raise SourceError(f"{where}: weights are {source_dtype}; pass --dtype float32 (or "
+                              "float16/bfloat16) to convert them")
+        dtype = source_dtype
+    elif source_dtype not in WEIGHT_DTYPES + ("float64",):
+        raise SourceError(f"{where}: weights are {source_dtype}, not a floating-point dtype; "
+                          "this is not a weight checkpoint")
+    plan = WeightPlan([], source_dtype, dtype, dropped)
+    np_dtype = "uint16" if dtype == BF16 else dtype
+    for name, shape in expected.items():
+        src = tensors[name]
+        flip = transpose and len(shape) == 2 and is_transposed(name)
+        want = shape[::-1] if flip else shape
+        if tuple(src.shape) != want:
+            hint = ("it is already in Paddle's layout: use `cgconvert cast`, not `from-hf`"
+                    if flip and tuple(src.shape) == shape and shape[0] != shape[1] else
+                    "use the config that came with these weights")
+            raise ConfigError(f"{src.origin or where}: {name} has shape {list(src.shape)} but "
+                              f"{config.source} implies {list(want)}; {hint}")
+        plan.tensors.append(OutTensor(name, shape, np_dtype,
+                                      _producer(src, dtype, flip, plan, progress)))
+    return plan
+
+
+def _producer(src: SourceTensor, dtype: str, flip: bool, plan: WeightPlan,
+              progress: Progress | None):
+    def produce() -> np.ndarray:
+        arr = src.load()
+        out = cast_array(arr, src.dtype, dtype)
+        if dtype == "float16" and src.dtype != "float16":
+            before = bf16_bits_to_f32(arr) if src.dtype == BF16 else arr
+            grown = overflow_count(before, out)
+            if grown:
+                plan.overflow[src.name] = grown
+        del arr
+        if flip:
+            out = transpose2d(out)
+        if progress:
+            progress(src.name, out.nbytes)
+        return out
+
+    return produce
+
+
+def build_model_dir(dst: Path, plan: WeightPlan, config: ModelConfig, fmt: str,
+                    other_files: dict[str, bytes]) -> Path:
+    """Write weights, config.json + model_config.json and `other_files` into a new `dst`, atomically."""
+    files = dict(other_files)
+    files.update(config_files(config, plan.dtype))
+    with staging_dir(dst) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        weight_path = write_weights(tmp, plan.tensors, fmt)
+    return dst / weight_path.name
