@@ -23,7 +23,7 @@ from .tokenizer_files import TOKENIZER_FILES
 
 MANIFEST_FILE = "manifest.json"
 HF_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.safetensors.index.json")
-LEFTOVER_SUFFIXES = PARTIAL_SUFFIXES + (".incomplete", ".lock")
+LEFTOVER_SUFFIXES = PARTIAL_SUFFIXES + (".lock",)
 OFFICIAL_TOKENIZER_IDS = 50295
 _DATA_RE = re.compile(r"(?:^|[-_])(" + "|".join(DATA) + r")(?:$|[-_.])", re.IGNORECASE)
 _LAYER_RE = re.compile(r"^transformer\.h\.(\d+)\.")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import WeightFileError
-from engine.weights import _st_header  # noqa: PLC2701 (private: asked the engine to make it public)
+from engine.weights import safetensors_header
 
 from .errors import SourceError
 from .tensors import BF16, SourceTensor, stored_dtype_name
@@ -17,7 +17,7 @@ _ST_NP = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "U16": "<u2",
 
 
 def read_safetensors_lazy(path: Path) -> dict[str, SourceTensor]:
-    _, entries, start = _st_header(path)
+    _, entries, start = safetensors_header(path)
     out = {}
     for name, (dt, shape, begin) in entries.items():
         def load(dt=dt, shape=shape, begin=begin, name=name) -> np.ndarray:
@@ -35,9 +35,9 @@ def read_safetensors_lazy(path: Path) -> dict[str, SourceTensor]:
 
 def read_pdparams_eager(path: Path) -> dict[str, SourceTensor]:
     """A .pdparams has its data inline: read it all (safely), then serve it as source tensors."""
-    from engine.weights import _read_pdparams_raw  # noqa: PLC2701 keeps bf16 as uint16 bits
+    from engine.weights import read_pdparams_raw  # keeps bf16 as uint16 bits
 
-    arrays = _read_pdparams_raw(path)
+    arrays = read_pdparams_raw(path)
     return {n: SourceTensor(n, tuple(a.shape), stored_dtype_name(a), (lambda a=a: a), str(path))
             for n, a in arrays.items()}
 

@@ -20,7 +20,7 @@ from .runtime import (Device, activate_device, check_dtype, import_paddle,
 from .variants import MASK_BUFFER_SUFFIXES
 
 WEIGHT_FILES = ("model.safetensors", "model_state.pdparams")
-PARTIAL_SUFFIXES = ("_tmp", ".part", ".tmp", ".partial")
+PARTIAL_SUFFIXES = ("_tmp", ".part", ".tmp", ".partial", ".incomplete")
 _POOL_SIZE = 4_194_301  # prime, so rows of a filled matrix do not repeat in step
 
 

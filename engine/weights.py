@@ -156,7 +156,7 @@ def _join_split(tensors: dict[str, np.ndarray], table: Any, path: Path) -> None:
         tensors[str(key)] = joined.reshape(shape)
 
 
-def _read_pdparams_raw(path: Path) -> dict[str, np.ndarray]:
+def read_pdparams_raw(path: Path) -> dict[str, np.ndarray]:
     """Arrays as stored (bf16 still uint16), name table dropped, split tensors joined."""
     obj = _unpickle(path)
     if not isinstance(obj, dict):
@@ -186,11 +186,11 @@ def _read_pdparams_raw(path: Path) -> dict[str, np.ndarray]:
 
 def read_pdparams(path: PathLike) -> dict[str, np.ndarray]:
     """Read a ``paddle.save`` state_dict safely; uint16 (Paddle's bf16) comes back as float32."""
-    raw = _read_pdparams_raw(Path(path))
+    raw = read_pdparams_raw(Path(path))
     return {k: _bf16_to_f32(v) if v.dtype == np.uint16 else v for k, v in raw.items()}
 
 
-def _st_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[str, tuple[int, ...], int]], int]:
+def safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[str, tuple[int, ...], int]], int]:
     """Validate a safetensors header: (metadata, {name: (dtype, shape, begin)}, data start)."""
     size = _file_size(path)
     if size < 8:
@@ -242,7 +242,7 @@ def _st_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[str, tuple[i
 def read_safetensors(path: PathLike) -> dict[str, np.ndarray]:
     """Read a safetensors file without the safetensors package; BF16/U16 come back as float32."""
     p = Path(path)
-    _, entries, start = _st_header(p)
+    _, entries, start = safetensors_header(p)
     out: dict[str, np.ndarray] = {}
     with open(p, "rb") as f:
         for name, (dt, shape, begin) in entries.items():
@@ -271,11 +271,11 @@ def describe_weights(path: PathLike) -> dict[str, TensorInfo]:
     """Names, shapes and stored dtypes; safetensors from the header only, pdparams by unpickling."""
     p = Path(path)
     if _kind(p) == ".safetensors":
-        _, entries, _ = _st_header(p)
+        _, entries, _ = safetensors_header(p)
         return {n: TensorInfo(n, shape, "bfloat16" if dt in ("BF16", "U16") else
                               np.dtype(_ST_DTYPES[dt]).name) for n, (dt, shape, _) in entries.items()}
     return {n: TensorInfo(n, tuple(a.shape), "bfloat16" if a.dtype == np.uint16 else a.dtype.name)
-            for n, a in _read_pdparams_raw(p).items()}
+            for n, a in read_pdparams_raw(p).items()}
 
 
 def _checked(path: Path, tensors: dict[str, np.ndarray], contiguous: bool) -> dict[str, np.ndarray]:
