@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModelConfig
-from .runtime import Device, import_paddle
+from .runtime import Device, ensure_dygraph, import_paddle
 
 CACHE_BLOCK = 256  # KV-cache capacity grows in steps of this many positions
 
@@ -132,7 +132,7 @@ class FastCodeGen:
         return x + F.linear(attn, layer.out_w) + mlp
 
     def _forward(self, ids: np.ndarray, cache):
-        paddle, F = self._paddle, self._paddle.nn.functional
+        paddle, F = ensure_dygraph(self._paddle), self._paddle.nn.functional
         cache = self._reserve(cache, ids.shape[1])
         kv, pos = cache
         mask = self._mask(ids.shape[1], pos, kv[0][0].shape[2])

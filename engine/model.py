@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import ModelConfig, load_config
 from .errors import ConfigError, ModelFilesError, OptionError
-from .runtime import (Device, activate_device, check_dtype, import_paddle,
+from .runtime import (Device, activate_device, check_dtype, ensure_dygraph, import_paddle,
                       import_paddlenlp_transformers)
 from .variants import MASK_BUFFER_SUFFIXES
 
@@ -37,7 +37,7 @@ class PaddleCodeGen:
         self._paddle = import_paddle()
 
     def _run(self, ids: np.ndarray, cache):
-        paddle = self._paddle
+        paddle = ensure_dygraph(self._paddle)
         with paddle.no_grad():
             input_ids = paddle.to_tensor(ids, dtype="int64")
             # An explicit zero mask: PaddleNLP's default masks every token equal
@@ -67,7 +67,7 @@ class PaddleCodeGen:
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits for every position of `ids` ([len, vocab]); for checks, not serving."""
-        paddle = self._paddle
+        paddle = ensure_dygraph(self._paddle)
         with paddle.no_grad():
             input_ids = paddle.to_tensor([ids], dtype="int64")
             mask = paddle.zeros([1, 1, 1, 1], dtype="float32")

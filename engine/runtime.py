@@ -12,13 +12,16 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 
 from .errors import OptionError
 
 log = logging.getLogger("engine")
+_KEPT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DTYPES = ("float32", "float16", "bfloat16")
 _APPLIED: dict[str, str] = {}
 
@@ -57,10 +60,10 @@ def import_paddle():
     configure_cpu_threads()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading never goes to a hub
     if "paddle" in sys.modules:
-        return sys.modules["paddle"]
+        return ensure_dygraph(sys.modules["paddle"])
     # Paddle prints a warning whenever OMP_NUM_THREADS > 1; we set it on purpose.
     caught = io.StringIO()
-    with contextlib.redirect_stderr(caught), warnings.catch_warnings():
+    with keep_signal_handlers(), contextlib.redirect_stderr(caught), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import paddle
     rest = [ln for ln in caught.getvalue().splitlines()
@@ -70,13 +73,35 @@ def import_paddle():
     if _APPLIED:
         log.info("set %s for Paddle's CPU math (CGW_NO_CPU_TUNING=1 turns this off)",
                  ", ".join(f"{k}={v}" for k, v in _APPLIED.items()))
+    return ensure_dygraph(paddle)
+
+
+@contextlib.contextmanager
+def keep_signal_handlers():
+    """Paddle and PaddleNLP replace the C-level SIGTERM/SIGINT handlers at import (Paddle's
+    aborts with a crash report); put the process's own back, so servers stop gracefully.
+    Only possible in the main thread; elsewhere the caller must re-install its handlers."""
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.getsignal(sig) for sig in _KEPT_SIGNALS} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def ensure_dygraph(paddle):
+    """Paddle's eager mode is per thread (on in the importing thread only): turn it on here."""
+    if not paddle.in_dynamic_mode():
+        paddle.disable_static()
     return paddle
 
 
 def import_paddlenlp_transformers():
     """`paddlenlp.transformers`, imported quietly (its import warns about unrelated tools)."""
     import_paddle()
-    with warnings.catch_warnings():
+    with keep_signal_handlers(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import paddlenlp.transformers as transformers
         from paddlenlp.utils.log import logger as paddlenlp_logger
