@@ -1,0 +1,70 @@
+"""Server settings: a dataclass validated on construction (flag > env var > default)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine import OptionError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8978
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    dtype: str = "float32"
+    device: str = "cpu"
+    api_key: str | None = None
+    max_queue: int = 16
+    cors_origin: str | None = None
+    request_timeout_s: float = 120.0
+    max_body_bytes: int = 1 << 20
+    grace_s: float = 10.0
+    truncate: bool = True
+    log_prompts: bool = False  # off: the prompt is the user's private code
+    model_name: str | None = None
+    impl: str = "fast"  # the engine's own Paddle forward; "reference" is PaddleNLP's model
+    prefix_cache_mb: float | None = None  # KV cache kept to reuse earlier prompts; None: engine's
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise OptionError(f"--port must be 0 to 65535, got {self.port}")
+        if self.max_queue < 0:
+            raise OptionError(f"--max-queue must be >= 0, got {self.max_queue}")
+        if self.request_timeout_s <= 0:
+            raise OptionError(f"--request-timeout must be > 0 seconds, got {self.request_timeout_s}")
+        if self.max_body_bytes < 1024:
+            raise OptionError(f"--max-body must be at least 1024 bytes, got {self.max_body_bytes}")
+        if self.grace_s < 0:
+            raise OptionError(f"--grace must be >= 0 seconds, got {self.grace_s}")
+        if self.impl not in ("fast", "reference"):
+            raise OptionError(f"--impl must be fast or reference, got {self.impl!r}")
+        if self.prefix_cache_mb is not None and self.prefix_cache_mb < 0:
+            raise OptionError(f"--prefix-cache-mb must be >= 0 (0 turns reuse off), "
+                              f"got {self.prefix_cache_mb}")
+        if self.api_key is not None and not self.api_key.strip():
+            object.__setattr__(self, "api_key", None)
+
+    @property
+    def served_name(self) -> str:
+        """The model id shown in /v1/models and in every response."""
+        if self.model_name:
+            return self.model_name
+        text = str(self.model).rstrip("/")
+        if text.startswith("random:"):
+            return text
+        return text.rsplit("/", 1)[-1] or text
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def load_kwargs(self) -> dict:
+        """Arguments for `engine.load`."""
+        kwargs = {"dtype": self.dtype, "device": self.device, "impl": self.impl}
+        if self.prefix_cache_mb is not None:
+            kwargs["prefix_cache_bytes"] = int(self.prefix_cache_mb * 2**20)
+        return kwargs

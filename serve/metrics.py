@@ -1,0 +1,116 @@
+"""Prometheus metrics in the text exposition format (no client library needed).
+
+The metric names are defined here only; every name carries its unit.
+All updates happen on the IO loop, so no locks are needed.
+"""
+from __future__ import annotations
+
+import bisect
+from typing import Callable
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
+    if not pairs:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()):
+        self.name, self.help, self.label_names = name, help_text, labels
+        self.values: dict[tuple, float] = {}
+
+    def inc(self, amount: float = 1.0, **labels) -> None:
+        key = tuple(str(labels[n]) for n in self.label_names)
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def get(self, **labels) -> float:
+        return self.values.get(tuple(str(labels[n]) for n in self.label_names), 0.0)
+
+    def render(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        rows = self.values.items() if self.values or self.label_names else [((), 0.0)]
+        for key, value in sorted(rows):
+            out.append(f"{self.name}{_labels(tuple(zip(self.label_names, key)))} {_num(value)}")
+        return out
+
+
+class Gauge:
+    def __init__(self, name: str, help_text: str, read: Callable[[], float]):
+        self.name, self.help, self.read = name, help_text, read
+
+    def render(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge",
+                f"{self.name} {_num(self.read())}"]
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...] = LATENCY_BUCKETS_S):
+        self.name, self.help, self.buckets = name, help_text, buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        running = 0
+        for bound, count in zip(self.buckets + (float("inf"),), self.counts):
+            running += count
+            out.append(f'{self.name}_bucket{{le="{_num(bound)}"}} {running}')
+        out += [f"{self.name}_sum {_num(self.sum)}", f"{self.name}_count {self.count}"]
+        return out
+
+
+class Metrics:
+    """Everything /metrics reports; gauges read the live state through callables."""
+
+    def __init__(self, queue_depth: Callable[[], float] = lambda: 0,
+                 busy: Callable[[], float] = lambda: 0, ready: Callable[[], float] = lambda: 0):
+        self.requests = Counter("cgserve_requests_total", "HTTP requests answered, by route and status",
+                                ("route", "status"))
+        self.cancelled = Counter("cgserve_cancelled_total",
+                                 "Generations cut short, by reason (disconnect, timeout, shutdown)",
+                                 ("reason",))
+        self.rejected = Counter("cgserve_rejected_total",
+                                "Completions refused before generation, by reason", ("reason",))
+        self.completion_tokens = Counter("cgserve_completion_tokens_total", "Tokens generated")
+        self.prompt_tokens = Counter("cgserve_prompt_tokens_total", "Prompt tokens processed")
+        self.truncated_tokens = Counter("cgserve_truncated_prompt_tokens_total",
+                                        "Prompt tokens cut from the left to fit the context")
+        self.latency = Histogram("cgserve_request_latency_seconds",
+                                 "Completion request latency, arrival to last byte")
+        self.ttft = Histogram("cgserve_ttft_seconds",
+                              "Time to first token as the engine measured it")
+        self.queue_wait = Histogram("cgserve_queue_wait_seconds",
+                                    "Time a completion waited in the queue")
+        self.gauges = [
+            Gauge("cgserve_queue_depth", "Completions waiting for the worker", queue_depth),
+            Gauge("cgserve_busy", "1 while the worker is generating", busy),
+            Gauge("cgserve_ready", "1 once the model is loaded and the server takes work", ready),
+        ]
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in (self.requests, self.cancelled, self.rejected, self.completion_tokens,
+                       self.prompt_tokens, self.truncated_tokens, self.latency, self.ttft,
+                       self.queue_wait, *self.gauges):
+            lines += metric.render()
+        return "\n".join(lines) + "\n"

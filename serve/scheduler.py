@@ -1,0 +1,164 @@
+"""A bounded queue in front of the Generator and the one worker thread that drives it.
+
+The Generator is blocking and runs one request at a time, so the IO loop never
+calls it: `Scheduler.submit` (on the loop) appends a `Job`, the worker thread
+runs jobs in order and hands every `TokenEvent`, then a `Done`, back to the
+job's asyncio queue with `call_soon_threadsafe`.  Cancelling a job sets its
+`threading.Event` (the engine checks it before every decode step) and drops it
+from the queue if it has not started.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("serve")
+
+
+class QueueFull(Exception):
+    """More requests are waiting than --max-queue allows."""
+
+
+class Stopped(Exception):
+    """The scheduler no longer takes work (shutting down)."""
+
+
+@dataclass
+class Done:
+    """The last item of a job: the engine's result, or the exception it raised."""
+
+    result: Any = None
+    error: BaseException | None = None
+    dropped: bool = False  # cancelled while still queued: the engine never saw it
+
+
+@dataclass(eq=False)
+class Job:
+    prompt: Any
+    params: Any
+    loop: asyncio.AbstractEventLoop
+    cancel: threading.Event = field(default_factory=threading.Event)
+    items: asyncio.Queue = field(default_factory=asyncio.Queue)
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None  # perf_counter when the worker took it
+    cancel_reason: str | None = None
+    finished: bool = False
+
+    def deliver(self, item) -> None:
+        """Called from the worker thread: hand one item to the loop."""
+        try:
+            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    async def next_item(self, timeout: float | None = None):
+        return await asyncio.wait_for(self.items.get(), timeout)
+
+
+class Scheduler:
+    """FIFO of jobs for one generator, run by one worker thread."""
+
+    def __init__(self, generator, max_queue: int = 16):
+        self.generator = generator
+        self.max_queue = max_queue
+        self._queue: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._running: Job | None = None
+        self._stopping = False
+        self._live: weakref.WeakSet[Job] = weakref.WeakSet()  # for leak checks in tests
+        self._thread = threading.Thread(target=self._work, name="cgserve-worker", daemon=True)
+        self._thread.start()
+
+    # ---- called on the IO loop ----
+    def submit(self, prompt, params) -> Job:
+        job = Job(prompt, params, asyncio.get_running_loop())
+        with self._cond:
+            if self._stopping:
+                raise Stopped("the server is shutting down")
+            if len(self._queue) >= self.max_queue and (self._running or self._queue):
+                raise QueueFull(f"{len(self._queue)} requests are already waiting")
+            self._queue.append(job)
+            self._live.add(job)
+            self._cond.notify()
+        return job
+
+    def cancel(self, job: Job, reason: str) -> None:
+        """Stop a job: drop it if still queued, else stop it before its next decode step."""
+        if job.finished or job.cancel.is_set():
+            return
+        job.cancel_reason = reason
+        job.cancel.set()
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return  # running (it stops within one step) or just finished
+        job.items.put_nowait(Done(dropped=True))
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting (not counting the running one)."""
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    @property
+    def live_jobs(self) -> int:
+        return len(self._live)
+
+    def stop(self, cancel_running: bool = False) -> None:
+        """Take no more work; drop what is queued; optionally cancel the running job."""
+        with self._cond:
+            self._stopping = True
+            queued = list(self._queue)
+            self._queue.clear()
+            running = self._running
+            self._cond.notify_all()
+        for job in queued:
+            job.cancel_reason = "shutdown"
+            job.cancel.set()
+            job.deliver(Done(dropped=True))
+        if cancel_running and running is not None:
+            running.cancel_reason = "shutdown"
+            running.cancel.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ---- the worker thread ----
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                job = self._running = self._queue.popleft()
+            try:
+                self._run(job)
+            finally:
+                with self._cond:
+                    self._running = None
+                job = None  # keep no reference to a finished job while idle
+
+    def _run(self, job: Job) -> None:
+        if job.cancel.is_set():
+            job.deliver(Done(dropped=True))
+            return
+        job.started_at = time.perf_counter()
+        try:
+            stream = self.generator.stream(job.prompt, job.params, cancel=job.cancel)
+            for event in stream:
+                job.deliver(event)
+            job.deliver(Done(result=stream.result))
+        except Exception as exc:  # EngineError is the client's; anything else is logged by app
+            job.deliver(Done(error=exc))

@@ -1,0 +1,114 @@
+"""The cgserve command: options, env vars, errors, and a real run stopped by SIGTERM."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import serve.server
+from serve.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("CGSERVE_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Replace the server with a recorder of the config it would have run with."""
+    seen = {}
+
+    def fake_run(config, loader):
+        seen["config"] = config
+        return 0
+
+    monkeypatch.setattr(serve.server, "run", fake_run)
+    return seen
+
+
+def test_help_and_version():
+    runner = CliRunner()
+    help_text = runner.invoke(main, ["--help"]).output
+    for option in ("--host", "--port", "--dtype", "--device", "--api-key", "--max-queue",
+                   "--cors-origin", "--request-timeout", "--no-truncate", "CGSERVE_API_KEY"):
+        assert option in help_text
+    version = runner.invoke(main, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith("cgserve ")
+
+
+def test_defaults_are_safe(captured):
+    result = CliRunner().invoke(main, ["random:tiny"])
+    assert result.exit_code == 0, result.output
+    config = captured["config"]
+    assert (config.host, config.port) == ("127.0.0.1", 8978)
+    assert config.cors_origin is None and config.api_key is None
+    assert config.truncate is True and config.log_prompts is False
+
+
+def test_env_vars_and_flag_precedence(captured):
+    env = {"CGSERVE_API_KEY": "k1", "CGSERVE_MAX_QUEUE": "3", "CGSERVE_PORT": "9000",
+           "CGSERVE_CORS_ORIGIN": "http://localhost:3000", "CGSERVE_TRUNCATE": "false"}
+    result = CliRunner().invoke(main, ["random:tiny", "--max-queue", "5"], env=env)
+    assert result.exit_code == 0, result.output
+    config = captured["config"]
+    assert (config.api_key, config.max_queue, config.port) == ("k1", 5, 9000)
+    assert config.cors_origin == "http://localhost:3000" and config.truncate is False
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--port", "70000"], "--port"),
+    (["--max-queue", "-1"], "--max-queue"),
+    (["--request-timeout", "0"], "--request-timeout"),
+    (["--max-body", "10"], "--max-body"),
+])
+def test_bad_options_are_one_line_errors(captured, args, words):
+    result = CliRunner().invoke(main, ["random:tiny", *args])
+    assert result.exit_code == 1
+    assert words in result.output and "Traceback" not in result.output
+    assert "config" not in captured
+
+
+def test_unloadable_model_exits_1_with_one_line(tmp_path):
+    result = CliRunner().invoke(main, [str(tmp_path / "missing-model"), "--port", "0"])
+    assert result.exit_code == 1
+    assert "Error:" in result.output and "Traceback" not in result.output
+
+
+def test_real_run_serves_then_stops_on_sigterm():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from serve.cli import main; main()", "random:tiny", "--port", "0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the model is loaded
+        assert line.startswith("cgserve: serving random:tiny at http://127.0.0.1:"), line
+        url = line.rsplit(" at ", 1)[1].strip()
+        fauxpilot = proc.stdout.readline()
+        assert f"{url}/v1/engines" in fauxpilot
+        request = urllib.request.Request(
+            url + "/v1/engines/codegen/completions", method="POST",
+            data=json.dumps({"prompt": "def f(", "max_tokens": 4}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert json.loads(response.read())["usage"]["completion_tokens"] == 4
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read()
+    assert "def f(" not in stderr  # the access log keeps the prompt private
+    assert "POST /v1/engines/codegen/completions" in stderr
