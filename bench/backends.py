@@ -31,12 +31,15 @@ class PaddleBackend:
     """This project's engine: what cgserve serves."""
 
     name = "paddle"
+    impl = "fast"
 
     def __init__(self, point: Point):
         from engine import load
 
         self.point = point
-        self.gen = load(point.model_spec, dtype=point.dtype, device=point.device, seed=point.seed)
+        # No prefix reuse: every repeat sends the same prompt and must compute all of it.
+        self.gen = load(point.model_spec, dtype=point.dtype, device=point.device, seed=point.seed,
+                        impl=self.impl, prefix_cache_bytes=0)
         self.load_s = self.gen.load_s
         self.arch = self.gen.config.arch
         self.usable_ids = min(self.gen.tokenizer.usable_ids(), self.arch.vocab_size)
@@ -165,7 +168,14 @@ def _dir_usable_ids(point: Point) -> int:
                config.arch.vocab_size)
 
 
-BACKENDS = {"paddle": PaddleBackend, "hf": HfBackend}
+class PaddleReferenceBackend(PaddleBackend):
+    """The engine's decode loop over PaddleNLP's own CodeGenForCausalLM (the unoptimised path)."""
+
+    name = "paddle-ref"
+    impl = "reference"
+
+
+BACKENDS = {"paddle": PaddleBackend, "paddle-ref": PaddleReferenceBackend, "hf": HfBackend}
 
 
 def prompt_ids(seed: int, repeat: int, length: int, usable_ids: int) -> list[int]:

@@ -34,7 +34,7 @@ def default_run_dir() -> Path:
 @click.option("--batch", default="1", show_default=True, help="Rows decoded together, comma-separated.")
 @click.option("--repeats", default=3, show_default=True, type=int, help="Measured runs per point.")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Warm-up runs per point.")
-@click.option("--backend", default="paddle", show_default=True, help="paddle, hf or paddle,hf.")
+@click.option("--backend", default="paddle", show_default=True, help="paddle (the engine), paddle-ref (the engine over PaddleNLP's model), hf (transformers); comma-separated.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default results/run-<time>).")
 @click.option("--resume", is_flag=True, help="Finish the run in --out: skip points already done.")

@@ -11,7 +11,7 @@ from engine.variants import DATA, SIZES, get_variant
 
 from .errors import BenchError
 
-BACKENDS = ("paddle", "hf")
+BACKENDS = ("paddle", "paddle-ref", "hf")
 DEFAULTS = {
     "prompt_tokens": (128,), "new_tokens": (16,), "batch": (1,), "repeats": 3, "warmup": 1,
     "dtype": ("float32",), "backend": ("paddle",), "seed": 0,
@@ -149,7 +149,7 @@ def build_plan(variants: str | None = None, sizes: str | None = None, data: str 
     backends = split_list(backend) or list(DEFAULTS["backend"])
     for b in backends:
         if b not in BACKENDS:
-            raise BenchError(f"--backend {b!r}: use {' or '.join(BACKENDS)} (comma-separated for both)")
+            raise BenchError(f"--backend {b!r}: use {', '.join(BACKENDS)} (comma-separated for several)")
     names = resolve_variants(variants, sizes, data, dev)
     sources = weights_for(weights, names)
     prompts = parse_ints(prompt_tokens, "--prompt-tokens", DEFAULTS["prompt_tokens"])
