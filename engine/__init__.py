@@ -26,7 +26,7 @@ DEFAULT_MODEL = "random:350M-mono"
 
 
 def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
-         seed: int = 0, impl: str = "reference",
+         seed: int = 0, impl: str = "fast",
          prefix_cache_bytes: int | None = None) -> Generator:
     """Load a model directory or `random:<variant>` and return its Generator.
 

@@ -180,6 +180,11 @@ class FastCodeGen:
         logits, cache = self._forward(np.asarray([ids[start:]], np.int64), cache)
         return logits[0], cache
 
+    def param_count(self) -> int:
+        tensors = [self.wte, self.ln_f_w, self.ln_f_b, self.lm_w, self.lm_b]
+        tensors += [t for layer in self.layers for t in vars(layer).values()]
+        return sum(int(np.prod(t.shape)) for t in tensors)
+
     def kv_bytes_per_token(self, rows: int = 1) -> int:
         return self.config.arch.kv_bytes_per_token(self.dtype) * rows
 

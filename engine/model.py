@@ -57,6 +57,9 @@ class PaddleCodeGen:
         """One step for each row: `tokens` [rows] -> logits [rows, vocab]."""
         return self._run(tokens.reshape(-1, 1).astype(np.int64), cache)
 
+    def param_count(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in self.layer.parameters())
+
     def expand_cache(self, cache, rows: int):
         """Repeat a one-row cache for `rows` choices sampled from the same prompt."""
         if rows == 1:
@@ -207,7 +210,7 @@ class LoadedModel:
 
 
 def load_random(variant_name: str, dtype: str, device: Device, seed: int = 0,
-                impl: str = "reference") -> LoadedModel:
+                impl: str = "fast") -> LoadedModel:
     from .config import config_from_dict
     from .tokenizer import ByteTokenizer
     from .variants import get_variant
@@ -222,7 +225,7 @@ def load_random(variant_name: str, dtype: str, device: Device, seed: int = 0,
                        f"random:{variant.short_name}", time.perf_counter() - start)
 
 
-def load_directory(model_dir: Path, dtype: str, device: Device, impl: str = "reference") -> LoadedModel:
+def load_directory(model_dir: Path, dtype: str, device: Device, impl: str = "fast") -> LoadedModel:
     from .tokenizer import load_tokenizer
     from .weights import read_weights
 

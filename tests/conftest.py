@@ -30,9 +30,18 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_gen(model_dirs):
+    """The tiny BPE model on the engine's default (fast) forward."""
     from engine import load
 
     return load(model_dirs["modern"])
+
+
+@pytest.fixture(scope="session")
+def ref_gen(model_dirs):
+    """The same model on PaddleNLP's CodeGenForCausalLM: the reference."""
+    from engine import load
+
+    return load(model_dirs["modern"], impl="reference")
 
 
 @pytest.fixture(scope="session")

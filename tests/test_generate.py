@@ -13,33 +13,35 @@ from fakes import cancel_after, scripted_generator
 PROMPT = "def fibonacci(n):\n    if n < 2:\n"
 
 
-def test_greedy_equals_paddlenlp_generate(tiny_gen):
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_greedy_equals_paddlenlp_generate(ref_gen, tiny_gen, impl):
     import paddle
 
-    ids = tiny_gen.tokenizer.encode(PROMPT)
-    ours = tiny_gen.generate(ids, SamplingParams(max_new_tokens=24, ignore_eos=True))
-    layer = tiny_gen.model.layer
+    gen = ref_gen if impl == "reference" else tiny_gen
+    ids = gen.tokenizer.encode(PROMPT)
+    ours = gen.generate(ids, SamplingParams(max_new_tokens=24, ignore_eos=True))
+    layer = ref_gen.model.layer
     with paddle.no_grad():
         out, _ = layer.generate(paddle.to_tensor([ids]), max_new_tokens=24, min_new_tokens=24,
                                 decode_strategy="greedy_search", use_cache=True)
     theirs = [int(t) for t in out.numpy()[0]]
     assert len(ours.choices[0].token_ids) == 24
     assert ours.choices[0].token_ids == theirs
-    assert ours.text == decode(tiny_gen.tokenizer, theirs)
+    assert ours.text == decode(gen.tokenizer, theirs)
 
 
-def test_legacy_and_safetensors_dirs_give_identical_logits(model_dirs, tiny_gen):
-    ids = tiny_gen.tokenizer.encode(PROMPT)
-    reference = tiny_gen.model.logits(ids)
+def test_legacy_and_safetensors_dirs_give_identical_logits(model_dirs, ref_gen):
+    ids = ref_gen.tokenizer.encode(PROMPT)
+    reference = ref_gen.model.logits(ids)
     for layout in ("legacy", "safetensors"):
-        other = load(model_dirs[layout])
+        other = load(model_dirs[layout], impl="reference")
         np.testing.assert_array_equal(other.model.logits(ids), reference)
 
 
-def test_cached_decode_matches_full_forward(tiny_gen):
-    ids = tiny_gen.tokenizer.encode(PROMPT)
-    result = tiny_gen.generate(ids, SamplingParams(max_new_tokens=6, ignore_eos=True))
-    full = tiny_gen.model.logits(ids + result.choices[0].token_ids[:-1])
+def test_cached_decode_matches_full_forward(ref_gen):
+    ids = ref_gen.tokenizer.encode(PROMPT)
+    result = ref_gen.generate(ids, SamplingParams(max_new_tokens=6, ignore_eos=True))
+    full = ref_gen.model.logits(ids + result.choices[0].token_ids[:-1])
     assert [int(t) for t in full[len(ids) - 1:].argmax(axis=1)] == result.choices[0].token_ids
 
 
