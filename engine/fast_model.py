@@ -21,6 +21,7 @@ from .config import ModelConfig
 from .runtime import Device, ensure_dygraph, import_paddle
 
 CACHE_BLOCK = 256  # KV-cache capacity grows in steps of this many positions
+ATTN_BLOCK = 256  # prompt queries attended together
 
 
 def _qkv_permutation(n_embd: int, n_head: int, head_dim: int, rotary_dim: int) -> np.ndarray:
@@ -93,56 +94,71 @@ class FastCodeGen:
         return paddle.to_tensor(np.ascontiguousarray(array, dtype=self.dtype))
 
     # ---- pieces -------------------------------------------------------------------------
-    def _rotary(self, x, pos: int, length: int):
-        """x [B, T, H, D], rotary on the first `rot` dims (half-split layout)."""
-        paddle = self._paddle
+    def _rotary(self, qk, sin, cos):
+        """Rotary on the first `rot` dims of q and k together: qk [B, T, 2, H, D]."""
         half = self.rot // 2
-        sin = self.sin[pos:pos + length].unsqueeze([0, 2])
-        cos = self.cos[pos:pos + length].unsqueeze([0, 2])
-        x1, x2, rest = x[..., :half], x[..., half:self.rot], x[..., self.rot:]
-        return paddle.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
+        x1, x2, rest = qk[..., :half], qk[..., half:self.rot], qk[..., self.rot:]
+        return self._paddle.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
 
-    def _mask(self, length: int, pos: int, capacity: int):
-        """Additive mask [length, capacity]: query i sees keys 0..pos+i, nothing beyond."""
-        key = (length, pos, capacity)
+    def _mask(self, rows: int, first: int, keys: int):
+        """Additive mask [rows, keys]: query i (at position first + i) sees keys 0..first+i."""
+        key = (rows, first, keys)
         if key not in self._mask_cache:
-            rows = np.arange(length)[:, None] + pos
-            m = np.where(np.arange(capacity)[None, :] <= rows, 0.0, -np.inf).astype(np.float32)
-            if len(self._mask_cache) > 64:
+            at = np.arange(rows)[:, None] + first
+            m = np.where(np.arange(keys)[None, :] <= at, 0.0, -np.inf).astype(np.float32)
+            if len(self._mask_cache) > 256:
                 self._mask_cache.clear()
             self._mask_cache[key] = self._to_device(m)
         return self._mask_cache[key]
 
-    def _block(self, layer: _Layer, x, kv: list, mask, pos: int):
+    def _attend(self, q, keys, values, pos: int):
+        """Causal attention of q [B, H, T, D] (positions pos..) over the cache [B, H, cap, D].
+
+        One token: over the whole capacity with a mask (no copies).  A prompt: in blocks
+        of ATTN_BLOCK queries, each over only the keys it can see, which skips the masked
+        half of the work and keeps the score tensors small.
+        """
+        paddle, F = self._paddle, self._paddle.nn.functional
+        t, capacity = q.shape[2], keys.shape[2]
+        if t == 1:
+            scores = paddle.matmul(q, keys, transpose_y=True) + self._mask(1, pos, capacity)
+            return paddle.matmul(F.softmax(scores, axis=-1), values)
+        out = []
+        for i in range(0, t, ATTN_BLOCK):
+            rows, seen = min(ATTN_BLOCK, t - i), pos + min(i + ATTN_BLOCK, t)
+            scores = paddle.matmul(q[:, :, i:i + rows], keys[:, :, :seen], transpose_y=True)
+            scores = scores + self._mask(rows, pos + i, seen)
+            out.append(paddle.matmul(F.softmax(scores, axis=-1), values[:, :, :seen]))
+        return out[0] if len(out) == 1 else paddle.concat(out, axis=2)
+
+    def _block(self, layer: _Layer, x, kv: list, sincos, pos: int):
         paddle, F = self._paddle, self._paddle.nn.functional
         b, t, e = x.shape
         h = F.layer_norm(x, [e], layer.ln_w, layer.ln_b, self.eps)
-        q, k, v = paddle.split(F.linear(h, layer.qkv_w), 3, axis=-1)
-        q = self._rotary(q.reshape([b, t, self.n_head, self.head_dim]), pos, t)
-        k = self._rotary(k.reshape([b, t, self.n_head, self.head_dim]), pos, t)
-        v = v.reshape([b, t, self.n_head, self.head_dim])
+        qkv = F.linear(h, layer.qkv_w).reshape([b, t, 3, self.n_head, self.head_dim])
+        qk = self._rotary(qkv[:, :, :2], *sincos).transpose([2, 0, 3, 1, 4])  # [2, B, H, T, D]
         keys, values = kv  # [B, H, capacity, D], contiguous: written in place, never copied
-        keys[:, :, pos:pos + t] = k.transpose([0, 2, 1, 3])
-        values[:, :, pos:pos + t] = v.transpose([0, 2, 1, 3])
-        scores = paddle.matmul(q.transpose([0, 2, 1, 3]), keys, transpose_y=True) + mask
-        attn = paddle.matmul(F.softmax(scores, axis=-1), values)  # [B, H, T, D]
-        attn = attn.transpose([0, 2, 1, 3]).reshape([b, t, e])
+        keys[:, :, pos:pos + t] = qk[1]
+        values[:, :, pos:pos + t] = qkv[:, :, 2].transpose([0, 2, 1, 3])
+        attn = self._attend(qk[0], keys, values, pos).transpose([0, 2, 1, 3]).reshape([b, t, e])
         mlp = F.linear(F.gelu(F.linear(h, layer.fc_in_w, layer.fc_in_b), approximate=True),
                        layer.fc_out_w, layer.fc_out_b)
         return x + F.linear(attn, layer.out_w) + mlp
 
     def _forward(self, ids: np.ndarray, cache):
         paddle, F = ensure_dygraph(self._paddle), self._paddle.nn.functional
-        cache = self._reserve(cache, ids.shape[1])
+        t = ids.shape[1]
+        cache = self._reserve(cache, t)
         kv, pos = cache
-        mask = self._mask(ids.shape[1], pos, kv[0][0].shape[2])
         with paddle.no_grad():
+            sincos = (self.sin[pos:pos + t].reshape([1, t, 1, 1, -1]),
+                      self.cos[pos:pos + t].reshape([1, t, 1, 1, -1]))
             x = F.embedding(paddle.to_tensor(ids, dtype="int64"), self.wte)
             for layer, layer_kv in zip(self.layers, kv):
-                x = self._block(layer, x, layer_kv, mask, pos)
+                x = self._block(layer, x, layer_kv, sincos, pos)
             last = F.layer_norm(x[:, -1], [x.shape[-1]], self.ln_f_w, self.ln_f_b, self.eps)
             logits = F.linear(last, self.lm_w, self.lm_b).astype("float32").numpy()
-        return logits, (kv, pos + ids.shape[1])
+        return logits, (kv, pos + t)
 
     def _reserve(self, cache, new: int):
         """Grow the cache (in blocks of CACHE_BLOCK positions) so `new` more tokens fit.

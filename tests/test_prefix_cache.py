@@ -44,6 +44,12 @@ def test_logits_identical_after_reuse(pair):
     resumed, _ = model.prefill(ids, cache=cache, start=60)  # back off below what it holds
     nmse = ((fresh - resumed) ** 2).mean() / (fresh ** 2).mean()
     assert nmse <= 1e-6
+    # a long remainder on top of a cached prefix: several attention and cache blocks
+    long_ids = [int(i) for i in np.random.default_rng(5).integers(0, 256, 700)]
+    fresh, _ = model.prefill(long_ids)
+    _, cache = model.prefill(long_ids[:100])
+    resumed, _ = model.prefill(long_ids, cache=cache, start=100)
+    assert ((fresh - resumed) ** 2).mean() / (fresh ** 2).mean() <= 1e-6
 
 
 def test_a_cancelled_request_leaves_a_consistent_entry(pair):
