@@ -49,7 +49,4 @@ def main(model, prompt, max_new_tokens, temperature, top_p, stop, seed, dtype, d
 
 
 if __name__ == "__main__":
-    from .entry import prepare_process
-
-    prepare_process()
     sys.exit(main())

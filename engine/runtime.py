@@ -53,10 +53,7 @@ def configure_cpu_threads() -> dict[str, str]:
 
 def applied_settings() -> dict[str, str]:
     """Environment settings the workbench chose for this process (for reports)."""
-    out = dict(_APPLIED)
-    if "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", ""):
-        out["GLIBC_TUNABLES"] = os.environ["GLIBC_TUNABLES"]
-    return out
+    return dict(_APPLIED)
 
 
 def import_paddle():

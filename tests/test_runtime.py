@@ -80,39 +80,3 @@ def test_half_precision_needs_a_gpu():
         check_dtype("bfloat16", parse_device("cpu"))
     assert check_dtype("float16", parse_device("gpu:0")) == "float16"
 
-
-@pytest.fixture
-def fake_exec(monkeypatch):
-    from engine import entry
-
-    calls = []
-    monkeypatch.setattr(entry.os, "execve", lambda exe, argv, env: calls.append((exe, argv, env)))
-    monkeypatch.setattr(entry, "_huge_pages_available", lambda: True)
-    monkeypatch.setattr(entry.sys, "platform", "linux")
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.delenv("CGW_NO_HUGEPAGES", raising=False)
-    monkeypatch.setattr(entry.sys, "argv", ["cgserve", "random:tiny"])
-    return entry, calls
-
-
-def test_restart_adds_the_huge_page_tunable(fake_exec, monkeypatch, capsys):
-    entry, calls = fake_exec
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
-    entry.prepare_process()
-    (exe, argv, env), = calls
-    assert argv == sys.orig_argv and exe == sys.executable
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-    assert "CGW_NO_HUGEPAGES=1 turns this off" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("setup", ["opt-out", "already", "version"])
-def test_no_restart_when_not_wanted(fake_exec, monkeypatch, setup):
-    entry, calls = fake_exec
-    if setup == "opt-out":
-        monkeypatch.setenv("CGW_NO_HUGEPAGES", "1")
-    elif setup == "already":
-        monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
-    else:
-        monkeypatch.setattr(entry.sys, "argv", ["cgserve", "--version"])
-    entry.prepare_process()
-    assert calls == []
