@@ -1,10 +1,10 @@
 """A leaner CodeGen forward in Paddle, behind the same prefill/decode interface.
 
 Same mathematics as PaddleNLP's CodeGenForCausalLM, fewer and cheaper ops:
-- qkv columns are reordered once at load into [Q | K | V], heads in order, the
-  attention scale folded into Q, and the rotary pairs of Q and K permuted from
-  CodeGen's interleaved layout to two halves (a permutation applied to both Q
-  and K leaves every q.k product unchanged), so rotary is two slices and a concat;
+- qkv is split once at load into four projections with contiguous outputs (see
+  `_projection_columns`), the attention scale folded into q, so rotary is four
+  same-shape element-wise ops (Paddle's broadcasting and strided element-wise
+  kernels are 20-100x slower on CPU than same-shape contiguous ones);
 - one fused GELU (tanh form = gelu_new), one layer_norm per block (parallel block);
 - a preallocated KV cache written in place; no per-step mask tensors;
 - the vocabulary projection only for the last position.
@@ -24,9 +24,18 @@ CACHE_BLOCK = 256  # KV-cache capacity grows in steps of this many positions
 ATTN_BLOCK = 256  # prompt queries attended together
 
 
-def _qkv_permutation(n_embd: int, n_head: int, head_dim: int, rotary_dim: int) -> np.ndarray:
-    """Column order that turns CodeGen's 4-shard [q|v|k] qkv into [Q|K|V] (half-split rotary)."""
-    shard = n_embd // 4  # each of the 4 shards holds n_head/4 whole heads of q, v and k
+def _projection_columns(n_embd: int, n_head: int, head_dim: int, rotary_dim: int):
+    """Columns of CodeGen's qkv weight for four projections with contiguous outputs.
+
+    CodeGen's qkv holds 4 shards of [q | v | k] (whole heads each) and rotates
+    interleaved pairs (0,1), (2,3)... of the first `rotary_dim` dims of every head.
+    We take, for q and k together: the first member of every pair (`r1`), the second
+    (`r2`), the dims that do not rotate (`pass`), and v.  Rotary is then four
+    element-wise ops on same-shape contiguous tensors, and each head's dims come out
+    as [firsts | seconds | pass]: the same permutation for q and k, so every q.k
+    product, and so attention, is unchanged.  Returns ({name: columns}, q_columns).
+    """
+    shard = n_embd // 4
     q_cols, k_cols, v_cols = [], [], []
     for m in range(4):
         base = m * 3 * shard
@@ -34,18 +43,25 @@ def _qkv_permutation(n_embd: int, n_head: int, head_dim: int, rotary_dim: int) -
         v_cols.append(np.arange(base + shard, base + 2 * shard))
         k_cols.append(np.arange(base + 2 * shard, base + 3 * shard))
     q, k, v = (np.concatenate(c) for c in (q_cols, k_cols, v_cols))
-    # within each head: rotary pairs (0,1),(2,3)... -> evens first, then odds
-    inner = np.concatenate([np.arange(0, rotary_dim, 2), np.arange(1, rotary_dim, 2),
-                            np.arange(rotary_dim, head_dim)])
-    heads = (np.arange(n_head)[:, None] * head_dim + inner[None, :]).reshape(-1)
-    return np.concatenate([q[heads], k[heads], v])
+    heads = np.arange(n_head)[:, None] * head_dim
+
+    def pick(inner: np.ndarray) -> np.ndarray:
+        within = (heads + inner[None, :]).reshape(-1)
+        return np.concatenate([q[within], k[within]])
+
+    cols = {"r1": pick(np.arange(0, rotary_dim, 2)), "r2": pick(np.arange(1, rotary_dim, 2)),
+            "pass": pick(np.arange(rotary_dim, head_dim)), "v": v}
+    return cols, q
 
 
 @dataclass
 class _Layer:
     ln_w: object
     ln_b: object
-    qkv_w: object
+    r1_w: object  # q and k: first member of each rotary pair, all heads
+    r2_w: object  # q and k: second member
+    pass_w: object  # q and k: dims that do not rotate (None when rotary_dim == head_dim)
+    v_w: object
     out_w: object
     fc_in_w: object
     fc_in_b: object
@@ -64,20 +80,28 @@ class FastCodeGen:
         a = config.arch
         self.n_head, self.head_dim, self.rot = a.n_head, a.head_dim, a.rotary_dim
         self.eps = config.layer_norm_epsilon
-        perm = _qkv_permutation(a.n_embd, a.n_head, a.head_dim, a.rotary_dim)
+        cols, q_cols = _projection_columns(a.n_embd, a.n_head, a.head_dim, a.rotary_dim)
         scale = np.ones(3 * a.n_embd, np.float32)
-        scale[: a.n_embd] = 1.0 / math.sqrt(a.head_dim)
+        scale[q_cols] = 1.0 / math.sqrt(a.head_dim)  # attention's scale, folded into q
         tensors = {}
         for name, array in arrays:
             if name.endswith("attn.qkv_proj.weight"):
-                array = np.asarray(array, np.float32)[:, perm] * scale
+                array = np.asarray(array, np.float32)
+                for part, idx in cols.items():
+                    if idx.size:
+                        tensors[f"{name}.{part}"] = self._to_device(array[:, idx] * scale[idx])
+                continue
             tensors[name] = self._to_device(array)
         self.layers = []
         for i in range(a.n_layer):
             p = f"transformer.h.{i}."
-            self.layers.append(_Layer(*(tensors.pop(p + n) for n in (
-                "ln_1.weight", "ln_1.bias", "attn.qkv_proj.weight", "attn.out_proj.weight",
-                "mlp.fc_in.weight", "mlp.fc_in.bias", "mlp.fc_out.weight", "mlp.fc_out.bias"))))
+            qkv = p + "attn.qkv_proj.weight."
+            self.layers.append(_Layer(
+                tensors.pop(p + "ln_1.weight"), tensors.pop(p + "ln_1.bias"),
+                tensors.pop(qkv + "r1"), tensors.pop(qkv + "r2"), tensors.pop(qkv + "pass", None),
+                tensors.pop(qkv + "v"), *(tensors.pop(p + n) for n in (
+                    "attn.out_proj.weight", "mlp.fc_in.weight", "mlp.fc_in.bias",
+                    "mlp.fc_out.weight", "mlp.fc_out.bias"))))
         self.wte = tensors.pop("transformer.wte.weight")
         self.ln_f_w, self.ln_f_b = tensors.pop("transformer.ln_f.weight"), tensors.pop("transformer.ln_f.bias")
         self.lm_w, self.lm_b = tensors.pop("lm_head.weight"), tensors.pop("lm_head.bias")
@@ -94,12 +118,6 @@ class FastCodeGen:
         return paddle.to_tensor(np.ascontiguousarray(array, dtype=self.dtype))
 
     # ---- pieces -------------------------------------------------------------------------
-    def _rotary(self, qk, sin, cos):
-        """Rotary on the first `rot` dims of q and k together: qk [B, T, 2, H, D]."""
-        half = self.rot // 2
-        x1, x2, rest = qk[..., :half], qk[..., half:self.rot], qk[..., self.rot:]
-        return self._paddle.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
-
     def _mask(self, rows: int, first: int, keys: int):
         """Additive mask [rows, keys]: query i (at position first + i) sees keys 0..first+i."""
         key = (rows, first, keys)
@@ -134,12 +152,19 @@ class FastCodeGen:
     def _block(self, layer: _Layer, x, kv: list, sincos, pos: int):
         paddle, F = self._paddle, self._paddle.nn.functional
         b, t, e = x.shape
+        heads, dim, half = self.n_head, self.head_dim, self.rot // 2
         h = F.layer_norm(x, [e], layer.ln_w, layer.ln_b, self.eps)
-        qkv = F.linear(h, layer.qkv_w).reshape([b, t, 3, self.n_head, self.head_dim])
-        qk = self._rotary(qkv[:, :, :2], *sincos).transpose([2, 0, 3, 1, 4])  # [2, B, H, T, D]
+        cos, sin = sincos
+        x1, x2 = F.linear(h, layer.r1_w), F.linear(h, layer.r2_w)  # [B, T, 2 * heads * half]
+        parts = [(x1 * cos - x2 * sin).reshape([b, t, 2, heads, half]),
+                 (x2 * cos + x1 * sin).reshape([b, t, 2, heads, half])]
+        if layer.pass_w is not None:
+            parts.append(F.linear(h, layer.pass_w).reshape([b, t, 2, heads, dim - self.rot]))
+        qk = paddle.concat(parts, axis=-1).transpose([2, 0, 3, 1, 4])  # [2, B, H, T, D]
         keys, values = kv  # [B, H, capacity, D], contiguous: written in place, never copied
         keys[:, :, pos:pos + t] = qk[1]
-        values[:, :, pos:pos + t] = qkv[:, :, 2].transpose([0, 2, 1, 3])
+        values[:, :, pos:pos + t] = F.linear(h, layer.v_w).reshape([b, t, heads, dim]).transpose(
+            [0, 2, 1, 3])
         attn = self._attend(qk[0], keys, values, pos).transpose([0, 2, 1, 3]).reshape([b, t, e])
         mlp = F.linear(F.gelu(F.linear(h, layer.fc_in_w, layer.fc_in_b), approximate=True),
                        layer.fc_out_w, layer.fc_out_b)
@@ -151,8 +176,9 @@ class FastCodeGen:
         cache = self._reserve(cache, t)
         kv, pos = cache
         with paddle.no_grad():
-            sincos = (self.sin[pos:pos + t].reshape([1, t, 1, 1, -1]),
-                      self.cos[pos:pos + t].reshape([1, t, 1, 1, -1]))
+            # cos/sin laid out like r1/r2 (q heads, then k heads): same shape, no broadcast
+            sincos = tuple(paddle.tile(table[pos:pos + t], [1, 2 * self.n_head]).reshape([1, t, -1])
+                           for table in (self.cos, self.sin))
             x = F.embedding(paddle.to_tensor(ids, dtype="int64"), self.wte)
             for layer, layer_kv in zip(self.layers, kv):
                 x = self._block(layer, x, layer_kv, sincos, pos)
@@ -198,7 +224,7 @@ class FastCodeGen:
 
     def param_count(self) -> int:
         tensors = [self.wte, self.ln_f_w, self.ln_f_b, self.lm_w, self.lm_b]
-        tensors += [t for layer in self.layers for t in vars(layer).values()]
+        tensors += [t for layer in self.layers for t in vars(layer).values() if t is not None]
         return sum(int(np.prod(t.shape)) for t in tensors)
 
     def kv_bytes_per_token(self, rows: int = 1) -> int:

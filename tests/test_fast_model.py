@@ -66,3 +66,21 @@ def test_random_variant_is_the_same_model_in_both():
 def test_unknown_impl():
     with pytest.raises(OptionError, match="impl 'turbo'"):
         load("random:tiny", impl="turbo")
+
+
+@pytest.mark.parametrize("rotary_dim", [16, 4])
+def test_rotary_over_the_whole_head_or_a_sliver(rotary_dim):
+    import builders
+    from engine.config import config_from_dict
+    from engine.model import build_model
+    from engine.runtime import parse_device
+
+    cfg = builders.tiny_config(vocab_size=300, eos=299)
+    cfg["rotary_dim"] = rotary_dim  # head dim is 16: nothing left unrotated at 16
+    config = config_from_dict(cfg, "test")
+    state = builders.random_state(cfg, seed=3)
+    models = [build_model(state.items(), config, "float32", parse_device("cpu"), impl)
+              for impl in ("reference", "fast")]
+    ids = list(range(5, 90))
+    assert nmse(models[0].logits(ids), models[1].logits(ids)) <= 1e-6
+    assert models[1].param_count() == config.arch.param_count
