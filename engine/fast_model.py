@@ -72,11 +72,15 @@ class _Layer:
 class FastCodeGen:
     """CodeGen forward with a preallocated KV cache; `prefill`/`decode` like PaddleCodeGen."""
 
-    def __init__(self, arrays, config: ModelConfig, dtype: str, device: Device):
+    def __init__(self, arrays, config: ModelConfig, dtype: str, device: Device,
+                 compute_dtype: str | None = None):
         """`arrays`: (name, numpy array) pairs in PaddleNLP's layout, in any order; each is
-        copied to the device as it comes (the caller may reuse its buffers)."""
+        copied to the device as it comes (the caller may reuse its buffers).  Matrices are
+        stored as `dtype`; vectors, activations and the KV cache use `compute_dtype`."""
         self._paddle = paddle = import_paddle()
         self.config, self.dtype, self.device = config, dtype, device
+        self.compute = compute_dtype or dtype
+        self.mixed = self.compute != dtype
         a = config.arch
         self.n_head, self.head_dim, self.rot = a.n_head, a.head_dim, a.rotary_dim
         self.eps = config.layer_norm_epsilon
@@ -91,7 +95,8 @@ class FastCodeGen:
                     if idx.size:
                         tensors[f"{name}.{part}"] = self._to_device(array[:, idx] * scale[idx])
                 continue
-            tensors[name] = self._to_device(array)
+            matrix = np.ndim(array) == 2
+            tensors[name] = self._to_device(array, None if matrix else self.compute)
         self.layers = []
         for i in range(a.n_layer):
             p = f"transformer.h.{i}."
@@ -107,15 +112,26 @@ class FastCodeGen:
         self.lm_w, self.lm_b = tensors.pop("lm_head.weight"), tensors.pop("lm_head.bias")
         inv = 1.0 / (10000 ** (np.arange(0, self.rot, 2, dtype=np.float64) / self.rot))
         angles = np.arange(a.n_positions, dtype=np.float64)[:, None] * inv[None, :]
-        self.sin = self._to_device(np.sin(angles))  # [positions, rotary_dim / 2]
-        self.cos = self._to_device(np.cos(angles))
+        self.sin = self._to_device(np.sin(angles), self.compute)  # [positions, rotary_dim / 2]
+        self.cos = self._to_device(np.cos(angles), self.compute)
         self._mask_cache: dict[tuple[int, int], object] = {}
 
-    def _to_device(self, array: np.ndarray):
-        paddle = self._paddle
-        if self.dtype == "bfloat16":
+    def _to_device(self, array: np.ndarray, dtype: str | None = None):
+        paddle, dtype = self._paddle, dtype or self.dtype
+        if dtype == "bfloat16":
             return paddle.to_tensor(np.asarray(array, np.float32)).astype("bfloat16")
-        return paddle.to_tensor(np.ascontiguousarray(array, dtype=self.dtype))
+        return paddle.to_tensor(np.ascontiguousarray(array, dtype=dtype))
+
+    def _linear(self, x, w, b=None):
+        """x @ w + b with w stored in `dtype` and x, b, the result in the compute dtype."""
+        F = self._paddle.nn.functional
+        if not self.mixed:
+            return F.linear(x, w, b)
+        if self.device.kind == "cpu":  # no half-precision matmul on CPU: widen the weight
+            return F.linear(x, w.astype(self.compute), b)
+        # GPU: half-precision GEMM accumulating in float32 (Paddle's default), result widened
+        y = F.linear(x.astype(self.dtype), w).astype(self.compute)
+        return y if b is None else y + b
 
     # ---- pieces -------------------------------------------------------------------------
     def _mask(self, rows: int, first: int, keys: int):
@@ -126,7 +142,7 @@ class FastCodeGen:
             m = np.where(np.arange(keys)[None, :] <= at, 0.0, -np.inf).astype(np.float32)
             if len(self._mask_cache) > 256:
                 self._mask_cache.clear()
-            self._mask_cache[key] = self._to_device(m)
+            self._mask_cache[key] = self._to_device(m, self.compute)
         return self._mask_cache[key]
 
     def _attend(self, q, keys, values, pos: int):
@@ -155,20 +171,20 @@ class FastCodeGen:
         heads, dim, half = self.n_head, self.head_dim, self.rot // 2
         h = F.layer_norm(x, [e], layer.ln_w, layer.ln_b, self.eps)
         cos, sin = sincos
-        x1, x2 = F.linear(h, layer.r1_w), F.linear(h, layer.r2_w)  # [B, T, 2 * heads * half]
+        x1, x2 = self._linear(h, layer.r1_w), self._linear(h, layer.r2_w)  # [B, T, 2*heads*half]
         parts = [(x1 * cos - x2 * sin).reshape([b, t, 2, heads, half]),
                  (x2 * cos + x1 * sin).reshape([b, t, 2, heads, half])]
         if layer.pass_w is not None:
-            parts.append(F.linear(h, layer.pass_w).reshape([b, t, 2, heads, dim - self.rot]))
+            parts.append(self._linear(h, layer.pass_w).reshape([b, t, 2, heads, dim - self.rot]))
         qk = paddle.concat(parts, axis=-1).transpose([2, 0, 3, 1, 4])  # [2, B, H, T, D]
         keys, values = kv  # [B, H, capacity, D], contiguous: written in place, never copied
         keys[:, :, pos:pos + t] = qk[1]
-        values[:, :, pos:pos + t] = F.linear(h, layer.v_w).reshape([b, t, heads, dim]).transpose(
+        values[:, :, pos:pos + t] = self._linear(h, layer.v_w).reshape([b, t, heads, dim]).transpose(
             [0, 2, 1, 3])
         attn = self._attend(qk[0], keys, values, pos).transpose([0, 2, 1, 3]).reshape([b, t, e])
-        mlp = F.linear(F.gelu(F.linear(h, layer.fc_in_w, layer.fc_in_b), approximate=True),
-                       layer.fc_out_w, layer.fc_out_b)
-        return x + F.linear(attn, layer.out_w) + mlp
+        mlp = self._linear(F.gelu(self._linear(h, layer.fc_in_w, layer.fc_in_b), approximate=True),
+                           layer.fc_out_w, layer.fc_out_b)
+        return x + self._linear(attn, layer.out_w) + mlp
 
     def _forward(self, ids: np.ndarray, cache):
         paddle, F = ensure_dygraph(self._paddle), self._paddle.nn.functional
@@ -180,10 +196,12 @@ class FastCodeGen:
             sincos = tuple(paddle.tile(table[pos:pos + t], [1, 2 * self.n_head]).reshape([1, t, -1])
                            for table in (self.cos, self.sin))
             x = F.embedding(paddle.to_tensor(ids, dtype="int64"), self.wte)
+            if self.mixed:
+                x = x.astype(self.compute)
             for layer, layer_kv in zip(self.layers, kv):
                 x = self._block(layer, x, layer_kv, sincos, pos)
             last = F.layer_norm(x[:, -1], [x.shape[-1]], self.ln_f_w, self.ln_f_b, self.eps)
-            logits = F.linear(last, self.lm_w, self.lm_b).astype("float32").numpy()
+            logits = self._linear(last, self.lm_w, self.lm_b).astype("float32").numpy()
         return logits, (kv, pos + t)
 
     def _reserve(self, cache, new: int):
@@ -203,7 +221,7 @@ class FastCodeGen:
         shape = [rows, self.n_head, size, self.head_dim]
         grown = []
         for layer in range(len(self.layers)):
-            pair = (paddle.zeros(shape, self.dtype), paddle.zeros(shape, self.dtype))
+            pair = (paddle.zeros(shape, self.compute), paddle.zeros(shape, self.compute))
             if kv and pos:
                 pair[0][:, :, :pos] = kv[layer][0][:, :, :pos]
                 pair[1][:, :, :pos] = kv[layer][1][:, :, :pos]
@@ -228,7 +246,7 @@ class FastCodeGen:
         return sum(int(np.prod(t.shape)) for t in tensors)
 
     def kv_bytes_per_token(self, rows: int = 1) -> int:
-        return self.config.arch.kv_bytes_per_token(self.dtype) * rows
+        return self.config.arch.kv_bytes_per_token(self.compute) * rows
 
     def cache_nbytes(self, cache) -> int:
         kv, _ = cache

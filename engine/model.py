@@ -15,7 +15,8 @@ import numpy as np
 
 from .config import ModelConfig, load_config
 from .errors import ConfigError, ModelFilesError, OptionError
-from .runtime import (Device, activate_device, check_dtype, ensure_dygraph, import_paddle,
+from .runtime import (Device, activate_device, check_dtype, compute_dtype_for, ensure_dygraph,
+                      import_paddle,
                       import_paddlenlp_transformers)
 from .variants import MASK_BUFFER_SUFFIXES
 
@@ -121,7 +122,7 @@ def build_model(arrays, config: ModelConfig, dtype: str, device: Device, impl: s
     if impl == "fast":
         from .fast_model import FastCodeGen
 
-        return FastCodeGen(arrays, config, dtype, device)
+        return FastCodeGen(arrays, config, dtype, device, compute_dtype_for(dtype, device))
     if impl == "reference":
         layer = _construct(config, dtype)
         _set_parameters(layer, arrays, dtype)
@@ -217,7 +218,7 @@ def load_random(variant_name: str, dtype: str, device: Device, seed: int = 0,
 
     start = time.perf_counter()
     variant = get_variant(variant_name)
-    check_dtype(dtype, device)
+    check_dtype(dtype, device, impl)
     activate_device(device, dtype)
     config = config_from_dict(variant.arch.config_dict(), f"random:{variant.short_name}")
     model = build_model(random_arrays(config, seed), config, dtype, device, impl)
@@ -236,7 +237,7 @@ def load_directory(model_dir: Path, dtype: str, device: Device, impl: str = "fas
     if not model_dir.is_dir():
         raise ModelFilesError(f"{model_dir}: not a directory; give the directory that holds "
                               "config.json and the weights")
-    check_dtype(dtype, device)
+    check_dtype(dtype, device, impl)
     config = load_config(model_dir)
     weight_path = find_weight_file(model_dir)
     tokenizer = load_tokenizer(model_dir, config.eos_token_id)

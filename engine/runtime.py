@@ -131,13 +131,29 @@ def parse_device(text: str) -> Device:
     raise OptionError(f"device {text!r} is not understood; use cpu, gpu or gpu:N (e.g. gpu:0)")
 
 
-def check_dtype(dtype: str, device: Device) -> str:
+def check_dtype(dtype: str, device: Device, impl: str = "fast") -> str:
     if dtype not in DTYPES:
         raise OptionError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
-    if device.kind == "cpu" and dtype != "float32":
-        raise OptionError(f"dtype {dtype} needs a GPU: Paddle's CPU build has no {dtype} matmul; "
-                          "use --dtype float32 on cpu")
+    if device.kind == "cpu" and dtype != "float32" and impl != "fast":
+        raise OptionError(f"dtype {dtype} with impl {impl} needs a GPU: Paddle's CPU build has no "
+                          f"{dtype} matmul; use --dtype float32 on cpu, or impl fast (stores "
+                          f"{dtype}, computes float32)")
     return dtype
+
+
+def compute_dtype_for(dtype: str, device: Device) -> str:
+    """The dtype the arithmetic runs in for weights stored as `dtype`.
+
+    float32 on CPU (Paddle has no half-precision CPU matmul) and on GPUs older than
+    compute capability 7.0, such as the P40 (6.1), whose fp16 arithmetic runs at 1/64
+    of the fp32 rate: there weights stay float16 (half the memory) and everything
+    else runs in float32.  Newer GPUs compute in the stored dtype.
+    """
+    if dtype == "float32" or device.kind == "cpu":
+        return "float32"
+    paddle = import_paddle()
+    major, _ = paddle.device.cuda.get_device_capability(device.index)
+    return "float32" if major < 7 else dtype
 
 
 def activate_device(device: Device, dtype: str) -> None:

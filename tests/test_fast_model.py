@@ -84,3 +84,15 @@ def test_rotary_over_the_whole_head_or_a_sliver(rotary_dim):
     ids = list(range(5, 90))
     assert nmse(models[0].logits(ids), models[1].logits(ids)) <= 1e-6
     assert models[1].param_count() == config.arch.param_count
+
+
+@pytest.mark.parametrize("dtype,bound", [("float16", 1e-5), ("bfloat16", 1e-3)])
+def test_half_precision_storage_with_float32_compute(model_dirs, ref_gen, dtype, bound):
+    half = load(model_dirs["modern"], dtype=dtype, prefix_cache_bytes=0)
+    layer = half.model.layers[0]
+    assert str(layer.fc_in_w.dtype).endswith(dtype)  # the matrices are stored half size
+    assert str(layer.fc_in_b.dtype).endswith("float32") and half.model.compute == "float32"
+    ids = ref_gen.tokenizer.encode(PROMPT)
+    assert nmse(ref_gen.model.logits(ids), half.model.logits(ids)) <= bound
+    r = half.generate(PROMPT, SamplingParams(max_new_tokens=6, ignore_eos=True))
+    assert r.completion_tokens == 6

@@ -130,7 +130,8 @@ def test_truncated_safetensors(model_dirs, tmp_path):
     ("/no/such/dir", {}, ModelFilesError, ["/no/such/dir", "random:<variant>"]),
     ("random:7B-mono", {}, UnknownVariantError, ["7B-mono", "350M-mono"]),
     ("random:tiny", {"device": "tpu"}, OptionError, ["tpu", "gpu:N"]),
-    ("random:tiny", {"dtype": "float16"}, OptionError, ["float16", "float32 on cpu"]),
+    ("random:tiny", {"dtype": "float16", "impl": "reference"}, OptionError,
+     ["float16", "float32 on cpu", "impl fast"]),
     ("random:tiny", {"dtype": "int4"}, OptionError, ["int4", "float32"]),
     ("random:tiny", {"device": "gpu:0"}, OptionError, ["gpu:0", "no CUDA", "--device cpu"]),
 ])

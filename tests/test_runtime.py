@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from engine import OptionError
-from engine.runtime import check_dtype, parse_device
+from engine.runtime import check_dtype, compute_dtype_for, parse_device
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -75,8 +75,10 @@ def test_bad_device(text):
         parse_device(text)
 
 
-def test_half_precision_needs_a_gpu():
+def test_half_precision_on_cpu_only_as_storage():
     with pytest.raises(OptionError, match="needs a GPU"):
-        check_dtype("bfloat16", parse_device("cpu"))
-    assert check_dtype("float16", parse_device("gpu:0")) == "float16"
+        check_dtype("bfloat16", parse_device("cpu"), impl="reference")
+    assert check_dtype("float16", parse_device("cpu"), impl="fast") == "float16"
+    assert check_dtype("float16", parse_device("gpu:0"), impl="reference") == "float16"
+    assert compute_dtype_for("float16", parse_device("cpu")) == "float32"
 
