@@ -58,7 +58,7 @@ def render_markdown(headings: list[str], cells: list[list[str]]) -> str:
 
 
 def backend_ratios(rows: list[dict]) -> list[dict]:
-    """paddle / hf for the same shape measured in this run (both ok)."""
+    """Every other backend / hf for the same shape measured in this run (both ok)."""
     by_key = {}
     for r in rows:
         if r["status"] == "ok":
@@ -66,12 +66,12 @@ def backend_ratios(rows: list[dict]) -> list[dict]:
                     r["batch"], r["backend"])] = r
     out = []
     for key, p in by_key.items():
-        if key[-1] != "paddle" or key[:-1] + ("hf",) not in by_key:
+        if key[-1] == "hf" or key[:-1] + ("hf",) not in by_key:
             continue
         h = by_key[key[:-1] + ("hf",)]
-        out.append({"variant": p["variant"], "prompt_tokens": p["prompt_tokens"],
+        out.append({"variant": p["variant"], "backend": key[-1], "prompt_tokens": p["prompt_tokens"],
                     "new_tokens": p["new_tokens"], "batch": p["batch"],
-                    **{f"{m}_paddle_over_hf": _ratio(p.get(m), h.get(m))
+                    **{f"{m}_over_hf": _ratio(p.get(m), h.get(m))
                        for m in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean", "load_s",
                                  "peak_rss_mb")}})
     return out
@@ -98,7 +98,7 @@ def environment_line(env: dict) -> str:
 def render_report(rows: list[dict], env: dict, fmt: str = "text", run_name: str = "") -> str:
     if fmt == "json":
         return json.dumps({"run": run_name, "env": env, "points": rows,
-                           "paddle_over_hf": backend_ratios(rows)}, indent=2, default=str)
+                           "over_hf": backend_ratios(rows)}, indent=2, default=str)
     headings, cells = table_cells(rows)
     if fmt == "text":
         return render_text(headings, cells)
@@ -109,10 +109,11 @@ def render_report(rows: list[dict], env: dict, fmt: str = "text", run_name: str 
         lines.append(f"- {r['point_id']}: **{r['status']}** {r['message']}")
     ratios = backend_ratios(rows)
     if ratios:
-        lines += ["", "## paddle / hf, same shape, same run (below 1: paddle faster or smaller)", ""]
-        heads = ["variant", "prompt", "new", "ttft", "tpot", "e2e", "load", "peak rss"]
-        body = [[r["variant"].replace("codegen-", ""), str(r["prompt_tokens"]), str(r["new_tokens"])]
-                + [_fmt(r[f"{m}_paddle_over_hf"], 2) for m in (
+        lines += ["", "## backend / hf, same shape, same run (below 1: faster or smaller than hf)", ""]
+        heads = ["variant", "backend", "prompt", "new", "ttft", "tpot", "e2e", "load", "peak rss"]
+        body = [[r["variant"].replace("codegen-", ""), r["backend"], str(r["prompt_tokens"]),
+                 str(r["new_tokens"])]
+                + [_fmt(r[f"{m}_over_hf"], 2) for m in (
                     "ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean", "load_s", "peak_rss_mb")]
                 for r in ratios]
         lines.append(render_markdown(heads, body))

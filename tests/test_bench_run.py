@@ -97,7 +97,7 @@ def test_report_prints_table_and_writes_markdown_and_plots(tiny_run):
     for name in ("latency.png", "memory.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(cgbench("report", out, "--format", "json", "--no-plots", "--no-write").output)
-    assert len(data["points"]) == 2 and len(data["paddle_over_hf"]) == 1
+    assert len(data["points"]) == 2 and len(data["over_hf"]) == 1
     assert "| variant |" in cgbench("report", out, "--format", "markdown", "--no-plots").output
 
 
