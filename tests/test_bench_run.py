@@ -93,7 +93,7 @@ def test_report_prints_table_and_writes_markdown_and_plots(tiny_run):
     assert result.exit_code == 0, result.output
     assert "ttft ms" in result.output and "hf" in result.output
     md = (out / "report.md").read_text()
-    assert "| tiny | paddle |" in md and "paddle / hf" in md
+    assert "| tiny | paddle |" in md and "backend / hf" in md
     for name in ("latency.png", "memory.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(cgbench("report", out, "--format", "json", "--no-plots", "--no-write").output)
