@@ -167,3 +167,44 @@ def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, a
     click.echo(json.dumps(summary, indent=2) if as_json else render_load(summary))
     if summary["completed"] == 0:
         raise SystemExit(1)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", help="A running cgserve (base URL, e.g. http://127.0.0.1:8978).")
+@click.option("--baseline-url", help="With --url --compare: a cgserve started with --prefix-cache-mb 0.")
+@click.option("--model", help="Serve this model in-process instead (e.g. random:350M-mono): "
+              "one cgserve per mode on loopback.")
+@click.option("--compare", "mode", flag_value="compare", help="Reuse and no reuse, interleaved line by line.")
+@click.option("--no-reuse", "mode", flag_value="no-reuse", help="Only without prefix reuse.")
+@click.option("--reuse", "mode", flag_value="reuse", default=True, help="Only with reuse (default).")
+@click.option("--cps", default=8.0, show_default=True, type=float, help="Characters typed per second.")
+@click.option("--pause-ms", default="300,1500", show_default=True,
+              help="MIN,MAX of each pause (uniform); a request is sent at every pause.")
+@click.option("--pause-prob", default=0.15, show_default=True, type=float,
+              help="Chance of a pause after a space or .(,=:[ (every line also pauses after its indentation).")
+@click.option("--max-tokens", default=12, show_default=True, type=int)
+@click.option("--max-lines", default=150, show_default=True, type=int,
+              help="The extension's fauxpilot.maxLines: prompt window in lines.")
+@click.option("--lines", help="FIRST-LAST (1-based) lines to type; the lines above are already there.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", type=click.Path(path_type=Path), help="Directory (default results/typing-<file>-<time>).")
+@user_errors
+def typing(file, url, baseline_url, model, mode, cps, pause_ms, pause_prob, max_tokens,
+           max_lines, lines, seed, out):
+    """Replay typing FILE; a Fauxpilot-shaped request at every pause; latency as users feel it."""
+    from .errors import BenchError
+    from .typing_run import TypingConfig, run_typing
+
+    modes = {"compare": ("reuse", "no-reuse"), "no-reuse": ("no-reuse",)}.get(mode, ("reuse",))
+    try:
+        lo, hi = (float(x) for x in pause_ms.split(","))
+        span = tuple(int(x) for x in lines.split("-")) if lines else None
+    except ValueError:
+        raise BenchError("--pause-ms is MIN,MAX in ms; --lines is FIRST-LAST") from None
+    cfg = TypingConfig(file=file, modes=modes, url=url, baseline_url=baseline_url, model=model,
+                       cps=cps, pause_ms=(lo, hi), pause_prob=pause_prob, max_tokens=max_tokens,
+                       max_lines=max_lines, lines=span, seed=seed, out=out)
+    summary, _ = run_typing(cfg, log=lambda line: click.echo(line, err=True))
+    if not any(m["answered"] for m in summary["modes"].values()):
+        raise SystemExit(1)

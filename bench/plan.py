@@ -139,17 +139,19 @@ def build_plan(variants: str | None = None, sizes: str | None = None, data: str 
     except EngineError as exc:
         raise BenchError(f"--device: {exc}") from None
     dtypes = split_list(dtype) or list(DEFAULTS["dtype"])
-    for d in dtypes:
-        if d not in DTYPES:
-            raise BenchError(f"--dtype {d!r}: use one of {', '.join(DTYPES)}")
-        try:
-            check_dtype(d, parse_device(dev))
-        except EngineError as exc:
-            raise BenchError(f"--dtype: {exc}") from None
     backends = split_list(backend) or list(DEFAULTS["backend"])
     for b in backends:
         if b not in BACKENDS:
             raise BenchError(f"--backend {b!r}: use {', '.join(BACKENDS)} (comma-separated for several)")
+    for d in dtypes:
+        if d not in DTYPES:
+            raise BenchError(f"--dtype {d!r}: use one of {', '.join(DTYPES)}")
+        for b in backends:
+            try:
+                if b.startswith("paddle"):
+                    check_dtype(d, parse_device(dev), "reference" if b == "paddle-ref" else "fast")
+            except EngineError as exc:
+                raise BenchError(f"--dtype: {exc}") from None
     names = resolve_variants(variants, sizes, data, dev)
     sources = weights_for(weights, names)
     prompts = parse_ints(prompt_tokens, "--prompt-tokens", DEFAULTS["prompt_tokens"])

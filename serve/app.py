@@ -23,6 +23,7 @@ from .errors import ApiError, bad_request, overloaded, reason
 from .metrics import Metrics
 from .openapi import build_spec
 from .scheduler import Done, QueueFull, Scheduler, Stopped
+from .supersede import client_key, extends
 
 log = logging.getLogger("serve")
 access_log = logging.getLogger("serve.access")
@@ -46,12 +47,25 @@ class ServerState:
     def __post_init__(self):
         self.metrics = Metrics(queue_depth=lambda: self.scheduler.depth if self.scheduler else 0,
                                busy=lambda: int(bool(self.scheduler and self.scheduler.busy)),
-                               ready=lambda: int(self.status == READY))
+                               ready=lambda: int(self.status == READY),
+                               cache_bytes=lambda: cache_reading(self.generator, "used_bytes"),
+                               cache_budget=lambda: cache_reading(self.generator, "budget_bytes"))
 
     def set_ready(self, generator) -> None:
         self.generator = generator
         self.scheduler = Scheduler(generator, self.config.max_queue)
         self.status = READY
+
+
+def cache_reading(generator, name: str) -> float:
+    """A number from the engine's prefix cache (0 when there is none); it changes under us."""
+    cache = getattr(generator, "prefix_cache", None)
+    for _ in range(3):  # the worker may change the entries while we add them up
+        try:
+            return float(getattr(cache, name, 0) or 0)
+        except RuntimeError:
+            continue
+    return float("nan")
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -257,8 +271,14 @@ class CompletionsHandler(BaseHandler):
         self.summary.update(stream=req.stream, n=req.n, max_tokens=req.max_tokens)
         if self.state.config.log_prompts:
             self.summary["prompt"] = req.prompt[-200:]
+        client = None
+        if state.config.supersede:
+            headers = self.request.headers
+            client = client_key(req.user, headers.get("Authorization"), self.request.remote_ip,
+                                headers.get("User-Agent"))
+            self.supersede(client, req.prompt)
         try:
-            self.job = state.scheduler.submit(req.prompt, params)
+            self.job = state.scheduler.submit(req.prompt, params, client)
         except QueueFull:
             state.metrics.rejected.inc(reason="queue_full")
             raise overloaded("the server is busy: too many requests are waiting; retry shortly",
@@ -274,6 +294,13 @@ class CompletionsHandler(BaseHandler):
         finally:
             self.finish_job()
 
+    def supersede(self, client: str, prompt: str) -> None:
+        """Cancel this client's queued or running requests that this prompt extends."""
+        for job in self.state.scheduler.jobs_of(client):
+            if extends(job.prompt, prompt):
+                self.state.metrics.cancelled.inc(reason="superseded")
+                self.state.scheduler.cancel(job, "superseded")
+
     # ---- answering ----
     async def complete(self, req, head) -> None:
         done = None
@@ -281,12 +308,22 @@ class CompletionsHandler(BaseHandler):
             item = await self.next_item()
             if isinstance(item, Done):
                 done = item
+        if self.superseded(done):
+            self.answer_superseded(req, head, done)
+            return
         result = self.outcome(done)
         if result is not None and not self.disconnected:
             self.send_json(protocol.format_completion(req, head, result, self.state.generator.tokenizer))
 
     async def stream_completion(self, req, head) -> None:
         item = await self.next_item()
+        if getattr(item, "finish_reason", None) == "cancelled" and \
+                self.job.cancel_reason == "superseded":  # stopped before its first token
+            while not isinstance(item, Done):
+                item = await self.next_item()
+        if isinstance(item, Done) and self.superseded(item):
+            self.answer_superseded(req, head, item)
+            return
         if isinstance(item, Done) and (item.error is not None or item.dropped):
             self.outcome(item)  # an error before any token: a plain HTTP error, not a stream
             return
@@ -309,6 +346,36 @@ class CompletionsHandler(BaseHandler):
                                                             logprobs))
             item = await self.next_item()
         await self.end_stream(req, head, item)
+
+    def superseded(self, done: Done) -> bool:
+        """Cancelled for a newer request of the same client before it could finish."""
+        if self.job.cancel_reason != "superseded" or done.error is not None:
+            return False
+        return done.dropped or any(c.finish_reason == "cancelled" for c in done.result.choices)
+
+    def answer_superseded(self, req, head, done: Done) -> None:
+        """An empty completion (nobody will read this one), in the shape the client asked for.
+
+        `finish_reason` is `length` as for any generation cut short; the header
+        `X-Cgserve-Superseded: true` tells it apart."""
+        self.job.finished = True
+        self.summary["cancelled"] = "superseded"
+        if done.result is not None:
+            self.record(done.result)
+        if self.disconnected:
+            return
+        self.set_header("X-Cgserve-Superseded", "true")
+        if not req.stream:
+            body = head.envelope([{"text": "", "index": i, "logprobs": None,
+                                   "finish_reason": "length"} for i in range(req.n)])
+            body["usage"] = protocol.usage(done.result) if done.result is not None else \
+                {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            self.send_json(body)
+            return
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        chunks = [protocol.sse(protocol.format_chunk(head, i, "", "length")) for i in range(req.n)]
+        self.finish(b"".join(chunks) + protocol.SSE_DONE)
 
     async def end_stream(self, req, head, done: Done) -> None:
         if done.error is not None or done.dropped:
@@ -374,13 +441,16 @@ class CompletionsHandler(BaseHandler):
         metrics.completion_tokens.inc(result.completion_tokens)
         metrics.prompt_tokens.inc(result.prompt_tokens)
         metrics.truncated_tokens.inc(result.truncated_tokens)
+        reused = getattr(result, "reused_tokens", 0) or 0
+        metrics.reused_tokens.inc(reused)
+        metrics.computed_tokens.inc(result.prompt_tokens - reused)
         if result.completion_tokens:
             metrics.ttft.observe(result.ttft_ms / 1e3)
         if self.job.started_at is not None:
             metrics.queue_wait.observe(self.job.started_at - self.job.enqueued_at)
         self.summary.update(prompt_tokens=result.prompt_tokens,
                             completion_tokens=result.completion_tokens,
-                            truncated=result.truncated_tokens,
+                            truncated=result.truncated_tokens, reused=reused,
                             finish=",".join(str(c.finish_reason) for c in result.choices),
                             engine_ms=round(result.e2e_ms, 1))
 

@@ -46,19 +46,23 @@ def _opt(*names, env: str, **kwargs):
 @_opt("--prefix-cache-mb", env="PREFIX_CACHE_MB", default=None, type=float,
       help="KV cache kept to reuse the prompts of earlier requests (0: off; default: two "
            "full contexts).")
+@_opt("--supersede/--no-supersede", env="SUPERSEDE", default=True,
+      help="A newer request from the same client whose prompt extends a queued or running one "
+           "cancels that one (it gets an empty completion).")
 @_opt("--log-prompts", env="LOG_PROMPTS", is_flag=True, default=False,
       help="Put prompt tails in the access log (off: prompts are private code).")
 @_opt("--log-level", env="LOG_LEVEL", default="info",
       type=click.Choice(["debug", "info", "warning", "error"]))
 @user_errors
 def main(model, host, port, dtype, device, api_key, max_queue, cors_origin, request_timeout,
-         max_body, grace, truncate, model_name, impl, prefix_cache_mb, log_prompts,
-         log_level) -> None:
+         max_body, grace, truncate, model_name, impl, prefix_cache_mb, supersede,
+         log_prompts, log_level) -> None:
     config = ServeConfig(model=model, host=host, port=port, dtype=dtype, device=device,
                          api_key=api_key, max_queue=max_queue, cors_origin=cors_origin,
                          request_timeout_s=request_timeout, max_body_bytes=max_body,
                          grace_s=grace, truncate=truncate, model_name=model_name, impl=impl,
-                         prefix_cache_mb=prefix_cache_mb, log_prompts=log_prompts)
+                         prefix_cache_mb=prefix_cache_mb, supersede=supersede,
+                         log_prompts=log_prompts)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from engine import load

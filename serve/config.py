@@ -27,6 +27,7 @@ class ServeConfig:
     model_name: str | None = None
     impl: str = "fast"  # the engine's own Paddle forward; "reference" is PaddleNLP's model
     prefix_cache_mb: float | None = None  # KV cache kept to reuse earlier prompts; None: engine's
+    supersede: bool = True  # a newer request from the same client cancels its stale ones
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:

@@ -83,16 +83,23 @@ class Metrics:
     """Everything /metrics reports; gauges read the live state through callables."""
 
     def __init__(self, queue_depth: Callable[[], float] = lambda: 0,
-                 busy: Callable[[], float] = lambda: 0, ready: Callable[[], float] = lambda: 0):
+                 busy: Callable[[], float] = lambda: 0, ready: Callable[[], float] = lambda: 0,
+                 cache_bytes: Callable[[], float] = lambda: 0,
+                 cache_budget: Callable[[], float] = lambda: 0):
         self.requests = Counter("cgserve_requests_total", "HTTP requests answered, by route and status",
                                 ("route", "status"))
         self.cancelled = Counter("cgserve_cancelled_total",
-                                 "Generations cut short, by reason (disconnect, timeout, shutdown)",
+                                 "Generations cut short, by reason (disconnect, timeout, shutdown, "
+                                 "superseded)",
                                  ("reason",))
         self.rejected = Counter("cgserve_rejected_total",
                                 "Completions refused before generation, by reason", ("reason",))
         self.completion_tokens = Counter("cgserve_completion_tokens_total", "Tokens generated")
         self.prompt_tokens = Counter("cgserve_prompt_tokens_total", "Prompt tokens processed")
+        self.reused_tokens = Counter("cgserve_prompt_tokens_reused_total",
+                                     "Prompt tokens whose KV cache came from an earlier request")
+        self.computed_tokens = Counter("cgserve_prompt_tokens_computed_total",
+                                       "Prompt tokens the model had to run (not reused)")
         self.truncated_tokens = Counter("cgserve_truncated_prompt_tokens_total",
                                         "Prompt tokens cut from the left to fit the context")
         self.latency = Histogram("cgserve_request_latency_seconds",
@@ -105,12 +112,16 @@ class Metrics:
             Gauge("cgserve_queue_depth", "Completions waiting for the worker", queue_depth),
             Gauge("cgserve_busy", "1 while the worker is generating", busy),
             Gauge("cgserve_ready", "1 once the model is loaded and the server takes work", ready),
+            Gauge("cgserve_prefix_cache_bytes", "KV cache bytes kept for reuse", cache_bytes),
+            Gauge("cgserve_prefix_cache_budget_bytes",
+                  "The prefix cache's budget (0: reuse is off)", cache_budget),
         ]
 
     def render(self) -> str:
         lines: list[str] = []
         for metric in (self.requests, self.cancelled, self.rejected, self.completion_tokens,
-                       self.prompt_tokens, self.truncated_tokens, self.latency, self.ttft,
+                       self.prompt_tokens, self.reused_tokens, self.computed_tokens,
+                       self.truncated_tokens, self.latency, self.ttft,
                        self.queue_wait, *self.gauges):
             lines += metric.render()
         return "\n".join(lines) + "\n"

@@ -76,7 +76,14 @@ def _completions_op(summary: str, engine_param: bool) -> dict:
             "schema": {"$ref": "#/components/schemas/CompletionRequest"}}}},
         "responses": {
             "200": {"description": "A completion (JSON), or with stream=true server-sent events: "
-                                   "`data: {chunk}` per token delta, then `data: [DONE]`",
+                                   "`data: {chunk}` per token delta, then `data: [DONE]`. A request "
+                                   "superseded by a newer one from the same client whose prompt "
+                                   "extends it gets an empty text (finish_reason length) and the "
+                                   "header X-Cgserve-Superseded: true",
+                    "headers": {"X-Cgserve-Superseded": {
+                        "schema": {"type": "string", "enum": ["true"]},
+                        "description": "Present when a newer request of the same client "
+                                       "cancelled this one"}},
                     "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Completion"}},
                         "text/event-stream": {"schema": {"type": "string"}}}},

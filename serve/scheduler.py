@@ -49,6 +49,7 @@ class Job:
     started_at: float | None = None  # perf_counter when the worker took it
     cancel_reason: str | None = None
     finished: bool = False
+    client: str | None = None  # who sent it (serve.supersede.client_key), for superseding
 
     def deliver(self, item) -> None:
         """Called from the worker thread: hand one item to the loop."""
@@ -76,8 +77,8 @@ class Scheduler:
         self._thread.start()
 
     # ---- called on the IO loop ----
-    def submit(self, prompt, params) -> Job:
-        job = Job(prompt, params, asyncio.get_running_loop())
+    def submit(self, prompt, params, client: str | None = None) -> Job:
+        job = Job(prompt, params, asyncio.get_running_loop(), client=client)
         with self._cond:
             if self._stopping:
                 raise Stopped("the server is shutting down")
@@ -100,6 +101,13 @@ class Scheduler:
             except ValueError:
                 return  # running (it stops within one step) or just finished
         job.items.put_nowait(Done(dropped=True))
+
+    def jobs_of(self, client: str) -> list[Job]:
+        """The running and queued jobs of one client that are not cancelled yet, oldest first."""
+        with self._cond:
+            jobs = ([self._running] if self._running is not None else []) + list(self._queue)
+        return [job for job in jobs if job.client == client and not job.finished
+                and not job.cancel.is_set()]
 
     @property
     def depth(self) -> int:

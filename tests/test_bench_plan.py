@@ -56,7 +56,7 @@ def test_cost_grows_with_work():
     ({"sizes": "3B"}, "--sizes"),
     ({"data": "python"}, "--data"),
     ({"dtype": "float8"}, "--dtype"),
-    ({"dtype": "float16"}, "needs a GPU"),
+    ({"dtype": "float16", "backend": "paddle,paddle-ref"}, "needs a GPU"),
     ({"device": "tpu:0"}, "--device"),
     ({"backend": "onnx"}, "--backend"),
     ({"prompt_tokens": "128,abc"}, "--prompt-tokens"),

@@ -1,0 +1,153 @@
+"""Replay a typing session against cgserve: a request at every pause, as the editor sends it.
+
+Each mode (`reuse`, `no-reuse`) has its own server.  With several modes the session is
+interleaved line by line (the order alternates from line to line): one line is typed
+against one server in real time, its requests are waited for, then the same line
+against the next server.  So both modes see the same machine load, and each server's
+prefix cache sees a continuous session.  Requests are never aborted by the client
+(like the Fauxpilot extension); a newer one may supersede them on the server.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .errors import BenchError
+from .typing_session import MAX_LINES, Segment, prompt_at
+
+USER_AGENT = "OpenAI/JS 4.3.1"  # what vscode-fauxpilot's openai client sends
+PATH = "/v1/engines/codegen/completions"
+
+
+@dataclass
+class Outcome:
+    """One request of the replay and what came back."""
+
+    mode: str
+    line: int
+    offset: int
+    fired_s: float  # from the start of the replay
+    pause_ms: float
+    prompt_chars: int
+    latency_ms: float = float("nan")
+    status: int = 0
+    superseded: bool = False
+    text: str = ""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    error: str = ""
+
+    @property
+    def shown(self) -> bool:
+        """Answered (not superseded) while the typist was still waiting."""
+        return self.status == 200 and not self.superseded and self.latency_ms <= self.pause_ms
+
+
+def request_body(prompt: str, max_tokens: int) -> str:
+    """The extension's request: pretty-printed JSON, its default model/temperature, stop."""
+    return json.dumps({"model": "fastertransformer", "prompt": prompt, "max_tokens": max_tokens,
+                       "temperature": 0.1, "stop": ["\n"]}, indent=2)
+
+
+def send(url: str, prompt: str, max_tokens: int, timeout_s: float = 600.0) -> dict:
+    """POST one completion; returns status, superseded, text, usage (or error)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
+    try:
+        conn.request("POST", parts.path.rstrip("/") + PATH, body=request_body(prompt, max_tokens),
+                     headers={"Content-Type": "application/json", "User-Agent": USER_AGENT,
+                              "Authorization": "Bearer dummy"})
+        response = conn.getresponse()
+        raw = response.read()
+        out = {"status": response.status,
+               "superseded": response.getheader("X-Cgserve-Superseded") == "true"}
+        body = json.loads(raw) if raw else {}
+        if response.status != 200:
+            out["error"] = str(body.get("error", {}).get("message", raw[:200]))
+            return out
+        usage = body.get("usage") or {}
+        out.update(text=body["choices"][0]["text"], prompt_tokens=usage.get("prompt_tokens", 0),
+                   completion_tokens=usage.get("completion_tokens", 0),
+                   cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
+        return out
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return {"status": 0, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        conn.close()
+
+
+def replay_segment(url: str, mode: str, text: str, segment: Segment, max_tokens: int,
+                   clock0: float, max_lines: int = MAX_LINES) -> list[Outcome]:
+    """Type one line in real time against `url`; return once all its requests are answered."""
+    start = time.perf_counter()
+    outcomes, threads = [], []
+
+    def fire(outcome: Outcome, prompt: str, fired: float) -> None:
+        result = send(url, prompt, max_tokens)
+        outcome.latency_ms = (time.perf_counter() - fired) * 1e3
+        for key, value in result.items():
+            setattr(outcome, key, value)
+
+    for pause in segment.pauses:
+        delay = start + pause.at_s - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        prompt = prompt_at(text, pause.offset, max_lines)
+        fired = time.perf_counter()
+        outcome = Outcome(mode, pause.line + 1, pause.offset, fired - clock0, pause.pause_s * 1e3,
+                          len(prompt))
+        outcomes.append(outcome)
+        thread = threading.Thread(target=fire, args=(outcome, prompt, fired), daemon=True)
+        thread.start()
+        threads.append(thread)
+    rest = start + segment.duration_s - time.perf_counter()
+    if rest > 0:
+        time.sleep(rest)
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def replay(urls: dict[str, str], text: str, segments: list[Segment], max_tokens: int,
+           progress=None, max_lines: int = MAX_LINES) -> list[Outcome]:
+    """Every segment against every mode's server, interleaved; all outcomes in order."""
+    if not urls:
+        raise BenchError("no server to replay against")
+    modes = list(urls)
+    clock0 = time.perf_counter()
+    outcomes: list[Outcome] = []
+    for n, segment in enumerate(segments):
+        order = modes if n % 2 == 0 else modes[::-1]
+        for mode in order:
+            outcomes += replay_segment(urls[mode], mode, text, segment, max_tokens, clock0,
+                                       max_lines)
+        if progress is not None:
+            progress(n + 1, len(segments), outcomes)
+    return outcomes
+
+
+def read_metrics(url: str) -> dict[str, float]:
+    """cgserve's /metrics as {name{labels}: value} (empty when unreachable)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=30)
+    try:
+        conn.request("GET", parts.path.rstrip("/") + "/metrics")
+        body = conn.getresponse().read().decode()
+    except (OSError, http.client.HTTPException):
+        return {}
+    finally:
+        conn.close()
+    values = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                values[name] = float(value)
+            except ValueError:
+                pass
+    return values

@@ -1,0 +1,144 @@
+"""`cgbench typing`: plan the session, start in-process servers or use URLs, replay, write."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from .errors import BenchError
+from .memory import peak_rss_bytes
+from .typing_replay import read_metrics, replay
+from .typing_report import render_summary, summarise, write_results
+from .typing_session import line_offsets, plan_session
+
+METRICS = ("cgserve_prompt_tokens_reused_total", "cgserve_prompt_tokens_computed_total",
+           'cgserve_cancelled_total{reason="superseded"}', "cgserve_prefix_cache_bytes",
+           "cgserve_prefix_cache_budget_bytes")
+
+
+@dataclass
+class TypingConfig:
+    file: Path
+    modes: tuple[str, ...] = ("reuse",)  # reuse, no-reuse
+    url: str | None = None
+    baseline_url: str | None = None  # the no-reuse server for --compare with --url
+    model: str | None = None
+    cps: float = 8.0
+    pause_ms: tuple[float, float] = (300.0, 1500.0)
+    pause_prob: float = 0.15
+    max_tokens: int = 12
+    max_lines: int = 150  # the extension's fauxpilot.maxLines setting
+    lines: tuple[int, int] | None = None  # 1-based, inclusive; default the whole file
+    seed: int = 0
+    out: Path | None = None
+
+    def __post_init__(self):
+        if (self.url is None) == (self.model is None):
+            raise BenchError("give exactly one of --url URL (a running cgserve) or --model MODEL "
+                             "(an in-process engine)")
+        if self.url and "no-reuse" in self.modes and "reuse" in self.modes \
+                and not self.baseline_url:
+            raise BenchError("--compare with --url needs --baseline-url: a second cgserve started "
+                             "with --prefix-cache-mb 0")
+        if self.max_tokens < 1:
+            raise BenchError("--max-tokens must be at least 1")
+        if self.max_lines < 2:
+            raise BenchError("--max-lines must be at least 2")
+
+
+def default_out(file: Path) -> Path:
+    return Path("results") / f"typing-{file.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+@contextlib.contextmanager
+def servers(cfg: TypingConfig):
+    """{mode: base URL}; in-process cgserve instances for --model, one per mode."""
+    if cfg.url:
+        urls = {}
+        for mode in cfg.modes:
+            urls[mode] = cfg.baseline_url if mode == "no-reuse" and cfg.baseline_url else cfg.url
+        yield urls, {}
+        return
+    from engine import load
+    from serve.testing import LiveServer
+
+    with contextlib.ExitStack() as stack:
+        urls, load_s = {}, {}
+        for mode in cfg.modes:
+            t0 = time.perf_counter()
+            generator = load(cfg.model, prefix_cache_bytes=0 if mode == "no-reuse" else None)
+            load_s[mode] = time.perf_counter() - t0
+            live = stack.enter_context(LiveServer(generator, model=cfg.model))
+            urls[mode] = live.url
+        yield urls, load_s
+
+
+def run_typing(cfg: TypingConfig, log=print) -> tuple[dict, Path]:
+    text = cfg.file.read_text(encoding="utf-8")
+    n_lines = len(line_offsets(text))
+    first, last = cfg.lines or (1, n_lines)
+    segments = plan_session(text, first, last, cfg.cps, cfg.pause_ms, cfg.pause_prob, cfg.seed)
+    requests = sum(len(s.pauses) for s in segments)
+    typed = sum(s.end - s.start for s in segments)
+    log(f"{cfg.file}: lines {first}-{last} of {n_lines}: {typed} keystrokes, {requests} requests "
+        f"per mode, {sum(s.duration_s for s in segments):.0f} s of typing per mode")
+    out = cfg.out or default_out(cfg.file)
+    started = datetime.now().isoformat(timespec="seconds")
+    with servers(cfg) as (urls, load_s):
+        before = {mode: read_metrics(url) for mode, url in urls.items()}
+
+        def progress(done, total, outcomes):
+            recent = [o for o in outcomes if o.line == segments[done - 1].line + 1]
+            shown = ", ".join(f"{o.mode}:{o.latency_ms:.0f}ms{'(s)' if o.superseded else ''}"
+                              for o in recent)
+            log(f"line {segments[done - 1].line + 1} ({done}/{total}): {shown}")
+
+        outcomes = replay(urls, text, segments, cfg.max_tokens, progress, cfg.max_lines)
+        after = {mode: read_metrics(url) for mode, url in urls.items()}
+    summary = summarise(outcomes, list(cfg.modes))
+    for mode in cfg.modes:
+        summary["modes"][mode]["server_metrics"] = {
+            name: after[mode].get(name, 0.0) - (0 if "bytes" in name else before[mode].get(name, 0.0))
+            for name in METRICS}
+    env = environment(cfg, text, first, last, n_lines, typed, requests, started, load_s)
+    paths = write_results(out, outcomes, summary, env)
+    log(render_summary(summary))
+    log("wrote " + ", ".join(str(p) for p in paths))
+    return summary, out
+
+
+def environment(cfg, text, first, last, n_lines, typed, requests, started, load_s) -> dict:
+    from .hardware import describe_environment
+
+    env = describe_environment(measure_bandwidth=False)
+    env.update(
+        started=started, finished=datetime.now().isoformat(timespec="seconds"),
+        file=str(cfg.file), file_sha256=hashlib.sha256(text.encode()).hexdigest(),
+        file_lines=n_lines, lines_replayed=[first, last], keystrokes=typed,
+        requests_per_mode=requests, modes=list(cfg.modes), url=cfg.url,
+        baseline_url=cfg.baseline_url, model=cfg.model, load_s=load_s, cps=cfg.cps,
+        pause_ms=list(cfg.pause_ms), pause_prob=cfg.pause_prob, max_tokens=cfg.max_tokens,
+        seed=cfg.seed, git_commit=_git_commit(), peak_rss_bytes=peak_rss_bytes(),
+        max_lines=cfg.max_lines,
+        prompt_rule=f"vscode-fauxpilot getPrompt: maxLines {cfg.max_lines}, LEADING_LINES_PROP "
+                    f"0.21 ({int(0.21 * cfg.max_lines)} leading lines + "
+                    f"{cfg.max_lines - int(0.21 * cfg.max_lines)} before the cursor)",
+        request="POST /v1/engines/codegen/completions, model fastertransformer, temperature 0.1, "
+                "stop [\"\\n\"], User-Agent OpenAI/JS 4.3.1, Authorization Bearer dummy",
+    )
+    return env
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+uncommitted" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
