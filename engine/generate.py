@@ -18,6 +18,9 @@ from .sampling import SamplingParams, choose, log_softmax, penalise
 from .stops import StopMatcher
 from .tokenizer import IncrementalDecoder
 
+TRUNCATE_STEP = 128  # over-long prompts are cut in steps of this many tokens (at most)
+PREFILL_CHUNK = 512  # with reuse, prompts run in chunks of this many tokens (cancel points)
+
 
 @dataclass(frozen=True)
 class TokenEvent:
@@ -158,7 +161,12 @@ class Generator:
         return [int(t) for t in prompt]
 
     def fit_prompt(self, ids: list[int], params: SamplingParams) -> tuple[list[int], int]:
-        """Cut the prompt from the left so `max_new_tokens` fits the context."""
+        """Cut the prompt from the left so `max_new_tokens` fits the context.
+
+        The cut is rounded up to a step (128 tokens at CodeGen's context), so the next
+        prompt of someone typing, this one plus a few characters, is cut at the same
+        place and can reuse this one's KV cache; it keeps up to a step less context.
+        """
         room = self.context_length - params.max_new_tokens
         if room < 1:
             raise OptionError(f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt "
@@ -171,7 +179,9 @@ class Generator:
             raise OptionError(f"prompt of {len(ids)} tokens plus max_new_tokens "
                               f"{params.max_new_tokens} exceeds the {self.context_length}-token "
                               "context; shorten the prompt or allow truncation")
-        return ids[len(ids) - room:], len(ids) - room
+        step = max(1, min(TRUNCATE_STEP, room // 8))
+        cut = -(-(len(ids) - room) // step) * step
+        return ids[cut:], cut
 
     def generate(self, prompt, params: SamplingParams | None = None,
                  cancel: threading.Event | None = None) -> GenerationResult:
@@ -196,18 +206,22 @@ class Generator:
         states = [_ChoiceState(i, self.tokenizer, stops, seed) for i in range(params.n)]
         times: list[float] = []
         with self._lock:
-            logits, prompt_cache, reused = self._prefill(ids)
+            logits, prompt_cache, reused, held = self._prefill(ids, cancel)
             prefill_ms = (time.perf_counter() - start) * 1e3
-            rows = np.repeat(logits[None, :], params.n, axis=0)
-            cache = self.model.expand_cache(prompt_cache, params.n)
-            fed = list(ids)  # the tokens `cache` holds, for the prefix cache
-            try:
-                yield from self._decode_loop(states, rows, cache, fed, params, cancel, start, times)
-            finally:
-                if params.n == 1:
-                    self._keep(fed, self._last_cache)
-                else:  # the choices' rows differ; keep the shared prompt
-                    self._keep(ids, prompt_cache)
+            if logits is None:  # cancelled during the prompt
+                self._keep(ids[:held], prompt_cache)
+            else:
+                rows = np.repeat(logits[None, :], params.n, axis=0)
+                cache = self.model.expand_cache(prompt_cache, params.n)
+                fed = list(ids)  # the tokens `cache` holds, for the prefix cache
+                try:
+                    yield from self._decode_loop(states, rows, cache, fed, params, cancel, start,
+                                                 times)
+                finally:
+                    if params.n == 1:
+                        self._keep(fed, self._last_cache)
+                    else:  # the choices' rows differ; keep the shared prompt
+                        self._keep(ids, prompt_cache)
         for state in states:
             if not state.done:
                 text = state.finish("cancelled")
@@ -222,17 +236,29 @@ class Generator:
             token_times_ms=times,
         )
 
-    def _prefill(self, ids: list[int]):
-        """Run the prompt, starting from the longest cached prefix when there is one."""
-        cache, reused = (None, 0) if self.prefix_cache is None else self.prefix_cache.take(ids)
-        if cache is None:
+    def _prefill(self, ids: list[int], cancel: threading.Event):
+        """Run the prompt, starting from the longest cached prefix when there is one.
+
+        With a prefix cache the prompt runs in chunks, checking `cancel` between them;
+        a cancelled prefill keeps what it computed for the next request.  Returns
+        (logits or None when cancelled, cache, reused tokens, tokens the cache holds).
+        """
+        if self.prefix_cache is None:
             logits, cache = self.model.prefill(ids)
-        else:
-            logits, cache = self.model.prefill(ids, cache=cache, start=reused)
-        if self.prefix_cache is not None:
-            self.prefix_cache.count(reused, len(ids) - reused)
+            self._last_cache = cache
+            return logits, cache, 0, len(ids)
+        cache, reused = self.prefix_cache.take(ids)
+        done = reused
+        logits = None
+        while done < len(ids):
+            if cancel.is_set():
+                break
+            end = min(len(ids), done + PREFILL_CHUNK)
+            logits, cache = self.model.prefill(ids[:end], cache=cache, start=done)
+            done = end
+        self.prefix_cache.count(reused, done - reused)
         self._last_cache = cache
-        return logits, cache, reused
+        return (logits if done == len(ids) else None), cache, reused, done
 
     def _decode_loop(self, states, rows, cache, fed, params, cancel, start, times):
         """Sample, report and feed back one token per choice per step."""

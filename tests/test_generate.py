@@ -174,8 +174,18 @@ def test_long_prompt_is_cut_from_the_left():
     gen = scripted_generator([ord("z")], ByteTokenizer(), n_positions=64)
     prompt = "".join(chr(ord("a") + i % 26) for i in range(100))
     r = gen.generate(prompt, SamplingParams(max_new_tokens=10))
-    assert r.truncated_tokens == 100 - 54 and r.prompt_tokens == 54
-    assert gen.model.prefills[-1] == list(prompt[-54:].encode())
+    # 46 must go; the cut is rounded up to the step (room 54 // 8 = 6): 48
+    assert r.truncated_tokens == 48 and r.prompt_tokens == 52
+    assert gen.model.prefills[-1] == list(prompt[-52:].encode())
+
+
+def test_growing_long_prompts_are_cut_at_the_same_place():
+    """Someone typing at the end of a long file: the start stays put, so reuse works."""
+    gen = scripted_generator([ord("z")], ByteTokenizer())  # context 2048, step 128
+    text = "".join(chr(ord("a") + i % 26) for i in range(3000))
+    cuts = {gen.fit_prompt(list(text[:n].encode()), SamplingParams(max_new_tokens=16))[1]
+            for n in range(2801, 2830)}
+    assert cuts == {896} and 2801 - 896 <= 2032
 
 
 def test_truncation_can_be_refused():

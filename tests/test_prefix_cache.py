@@ -106,3 +106,29 @@ def test_common_prefix():
     assert common_prefix(np.array([1, 2, 3]), np.array([1, 2, 4, 5])) == 2
     assert common_prefix(np.array([1, 2]), np.array([1, 2, 3])) == 2
     assert common_prefix(np.array([], dtype=np.int64), np.array([1])) == 0
+
+
+def test_cancel_during_a_long_prompt_keeps_what_was_computed():
+    from engine.generate import PREFILL_CHUNK
+
+    gen = load("random:tiny", impl="fast")
+    ids = [int(i) for i in np.random.default_rng(8).integers(0, 256, PREFILL_CHUNK * 2 + 100)]
+    cancel = threading.Event()
+    real = gen.model.prefill
+    calls = []
+
+    def prefill_then_cancel(*args, **kwargs):
+        calls.append(kwargs.get("start", 0))
+        out = real(*args, **kwargs)
+        cancel.set()  # as if the client went away during the first chunk
+        return out
+
+    gen.model.prefill = prefill_then_cancel
+    r = gen.generate(ids, SamplingParams(max_new_tokens=5), cancel=cancel)
+    assert r.finish_reason == "cancelled" and r.completion_tokens == 0 and calls == [0]
+    gen.model.prefill = real
+    again = gen.generate(ids, SamplingParams(max_new_tokens=5, ignore_eos=True))
+    assert again.reused_tokens == PREFILL_CHUNK  # the first chunk was kept
+    fresh = load("random:tiny", impl="fast", prefix_cache_bytes=0)
+    assert fresh.generate(ids, SamplingParams(max_new_tokens=5, ignore_eos=True)).choices[0].token_ids \
+        == again.choices[0].token_ids
