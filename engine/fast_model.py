@@ -205,7 +205,8 @@ class FastCodeGen:
         return logits, (kv, pos + t)
 
     def _reserve(self, cache, new: int):
-        """Grow the cache (in blocks of CACHE_BLOCK positions) so `new` more tokens fit.
+        """Grow the cache (in blocks of CACHE_BLOCK positions) so `new` more tokens fit, and
+        the one after them: a prompt never leaves the first decode step to grow it.
 
         Attention runs over the whole capacity with a mask, so a block wastes at most
         CACHE_BLOCK - 1 positions of work but no per-step copy is ever made.
@@ -213,10 +214,10 @@ class FastCodeGen:
         paddle = self._paddle
         kv, pos = cache
         capacity = kv[0][0].shape[2] if kv else 0
-        if pos + new <= capacity:
-            return cache
         limit = self.config.arch.n_positions
-        size = min(limit, -(-(pos + new) // CACHE_BLOCK) * CACHE_BLOCK)
+        if min(pos + new + 1, limit) <= capacity:
+            return cache
+        size = min(limit, -(-(pos + new + 1) // CACHE_BLOCK) * CACHE_BLOCK)
         rows = kv[0][0].shape[0] if kv else 1
         shape = [rows, self.n_head, size, self.head_dim]
         grown = []

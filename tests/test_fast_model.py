@@ -96,3 +96,19 @@ def test_half_precision_storage_with_float32_compute(model_dirs, ref_gen, dtype,
     assert nmse(ref_gen.model.logits(ids), half.model.logits(ids)) <= bound
     r = half.generate(PROMPT, SamplingParams(max_new_tokens=6, ignore_eos=True))
     assert r.completion_tokens == 6
+
+
+def test_cache_room_for_the_first_new_token_and_never_past_the_context():
+    from engine.fast_model import CACHE_BLOCK
+
+    gen = load("random:tiny", prefix_cache_bytes=0)
+    model = gen.model
+    _, cache = model.prefill(list(range(CACHE_BLOCK)))
+    kv, pos = cache
+    assert pos == CACHE_BLOCK and kv[0][0].shape[2] > CACHE_BLOCK  # the next token fits
+    _, after = model.decode(np.asarray([1]), cache)
+    assert after[0][0][0] is kv[0][0]  # no growth, no copy, on the first decode step
+    limit = gen.context_length
+    _, full = model.prefill([i % 256 for i in range(limit - 1)])
+    _, full = model.decode(np.asarray([1]), full)  # the very last position
+    assert full[1] == limit and full[0][0][0].shape[2] == limit
