@@ -26,15 +26,20 @@ DTYPES = ("float32", "float16", "bfloat16")
 _APPLIED: dict[str, str] = {}
 
 
-def _cpu_vendor() -> str:
+def cpuinfo_field(name: str) -> str:
+    """The first value of `name` in /proc/cpuinfo ("" when absent or unreadable)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
             for line in fh:
-                if line.startswith("vendor_id"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def _cpu_vendor() -> str:
+    return cpuinfo_field("vendor_id")
 
 
 def configure_cpu_threads() -> dict[str, str]:

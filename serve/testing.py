@@ -13,23 +13,20 @@ import time
 
 from engine import OptionError
 from engine.generate import Choice, GenerationResult, Stream, TokenEvent
+from engine.tokenizer import ByteTokenizer as _EngineByteTokenizer
 
 from .config import ServeConfig
 from .server import Server
 
 
-class ByteTokenizer:
+class ByteTokenizer(_EngineByteTokenizer):
+    """The engine's byte tokenizer with end of text at 256, right after the bytes."""
+
     eos_token_id = 256
     name = "fake-bytes"
 
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return bytes((token_id,)) if 0 <= token_id < 256 else b""
-
-    def usable_ids(self) -> int:
-        return 256
+    def __init__(self):
+        super().__init__(eos_token_id=256)
 
 
 class FakeGenerator:
