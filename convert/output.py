@@ -22,7 +22,7 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 
-from engine.weights import NAME_TABLE
+from engine.weights import NAME_TABLE, atomic_write
 
 from .errors import OutputError
 
@@ -110,24 +110,8 @@ def staging_dir(dst: Path) -> Iterator[Path]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory, then rename."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot create a file there ({e.strerror}); check the "
-                          "directory's permissions") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise _os_error(path, e) from None
-        raise
+    with atomic_write(path, OutputError) as f:
+        f.write(data)
 
 
 def json_bytes(data: dict) -> bytes:

@@ -299,13 +299,15 @@ def _checked(path: Path, tensors: dict[str, np.ndarray], contiguous: bool) -> di
 
 
 @contextlib.contextmanager
-def _atomic_write(path: Path) -> Iterator[IO[bytes]]:
-    """Write to a temp file in the same directory, fsync, then os.replace; clean up on failure."""
+def atomic_write(path: Path, error_type: type[Exception] = WeightFileError) -> Iterator[IO[bytes]]:
+    """Write to a temp file in the same directory, fsync, then os.replace; clean up on failure.
+
+    OS errors (no space, no permission) become one-line `error_type` errors naming `path`."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise WeightFileError(f"{path}: cannot create a file there ({e.strerror}); "
-                              "check that the directory exists and is writable") from None
+        raise error_type(f"{path}: cannot create a file there ({e.strerror}); "
+                         "check that the directory exists and is writable") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -317,8 +319,8 @@ def _atomic_write(path: Path) -> Iterator[IO[bytes]]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise WeightFileError(f"{path}: writing failed ({e.strerror or e}); check free space and "
-                                  "permissions, the old file (if any) is untouched") from None
+            raise error_type(f"{path}: writing failed ({e.strerror or e}); check free space and "
+                             "permissions, the old file (if any) is untouched") from None
         raise
     with contextlib.suppress(OSError):  # make the rename durable too
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -336,7 +338,7 @@ def write_pdparams(path: PathLike, tensors: dict[str, np.ndarray]) -> None:
     p = Path(path)
     state: dict[str, Any] = dict(_checked(p, tensors, contiguous=False))
     state[NAME_TABLE] = {name: name for name in tensors}
-    with _atomic_write(p) as f:
+    with atomic_write(p) as f:
         pickle.dump(state, f, protocol=4)
 
 
@@ -360,7 +362,7 @@ def write_safetensors(path: PathLike, tensors: dict[str, np.ndarray],
         offset += arr.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    with _atomic_write(p) as f:
+    with atomic_write(p) as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for arr in arrays.values():
