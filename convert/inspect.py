@@ -222,14 +222,12 @@ def _weights_arch_hint(infos: dict[str, TensorInfo]) -> str | None:
 
 def check_tensors(report: InspectReport, infos: dict[str, TensorInfo], config: ModelConfig,
                   file: str) -> None:
-    masks = [n for n in infos if n.endswith(MASK_BUFFER_SUFFIXES)]
+    masks, missing, extra = config.arch.match_names(infos)
     if masks:
         report.notes.append(f"{len(masks)} old attention-mask buffer(s) in {file}: tolerated, "
                             "dropped when loading")
     infos = {n: i for n, i in infos.items() if n not in masks}
     expected = config.arch.tensor_shapes()
-    missing = [n for n in expected if n not in infos]
-    extra = [n for n in infos if n not in expected]
     wrong = [n for n in expected if n in infos and tuple(infos[n].shape) != expected[n]]
     other = _weights_arch_hint(infos)
     if (extra or wrong) and other and other != report.size:

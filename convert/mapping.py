@@ -15,7 +15,6 @@ import numpy as np
 
 from engine.config import ModelConfig
 from engine.errors import ConfigError
-from engine.variants import MASK_BUFFER_SUFFIXES
 
 from .configs import config_files
 from .errors import SourceError
@@ -64,15 +63,14 @@ def plan_weights(tensors: dict[str, SourceTensor], config: ModelConfig, dtype: s
     `dtype` "auto" keeps the source dtype.  Mask buffers of old checkpoints are dropped unread.
     """
     tensors = dict(tensors)
-    dropped = sorted(n for n in tensors if n.endswith(MASK_BUFFER_SUFFIXES))
+    masks, missing, extra = config.arch.match_names(tensors)
+    dropped = sorted(masks)
     for name in dropped:
         del tensors[name]
     expected = config.arch.tensor_shapes()
-    missing = [n for n in expected if n not in tensors]
     if missing:
         raise SourceError(f"{where}: {len(missing)} tensor(s) missing, first {missing[0]!r}; the "
                           "checkpoint is incomplete (copy every shard) or not a CodeGen model")
-    extra = [n for n in tensors if n not in expected]
     if extra:
         raise ConfigError(f"{where}: unexpected tensor {extra[0]!r} ({len(extra)} in all); the "
                           f"weights do not match {config.source}: use the config that came with them")

@@ -18,7 +18,6 @@ from .errors import ConfigError, ModelFilesError, OptionError
 from .runtime import (Device, activate_device, check_dtype, compute_dtype_for, ensure_dygraph,
                       import_paddle,
                       import_paddlenlp_transformers)
-from .variants import MASK_BUFFER_SUFFIXES
 
 WEIGHT_FILES = ("model.safetensors", "model_state.pdparams")
 PARTIAL_SUFFIXES = ("_tmp", ".part", ".tmp", ".partial", ".incomplete")
@@ -178,14 +177,13 @@ def find_weight_file(model_dir: Path) -> Path:
 
 def check_weights(weights: dict[str, np.ndarray], config: ModelConfig, path: Path) -> None:
     """Every expected tensor present with the shape the config gives (mask buffers dropped)."""
-    for name in [n for n in weights if n.endswith(MASK_BUFFER_SUFFIXES)]:
+    masks, missing, extra = config.arch.match_names(weights)
+    for name in masks:
         del weights[name]
     expected = config.arch.tensor_shapes()
-    missing = [n for n in expected if n not in weights]
     if missing:
         raise ModelFilesError(f"{path}: {len(missing)} tensor(s) missing, first {missing[0]!r}; "
                               "the file is incomplete or not a CodeGen checkpoint, copy it again")
-    extra = [n for n in weights if n not in expected]
     if extra:
         raise ConfigError(f"{path}: unexpected tensor {extra[0]!r} ({len(extra)} in all): the "
                           f"weights have more layers than {config.source} says; use the config "

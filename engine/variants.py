@@ -82,6 +82,19 @@ class Architecture:
         })
         return shapes
 
+    def match_names(self, names) -> tuple[list[str], list[str], list[str]]:
+        """Sort a weight file's tensor names against this architecture.
+
+        Returns (old attention-mask buffers, to be dropped; expected names that are
+        missing; names that are neither), each in the order met."""
+        names = list(names)
+        masks = [n for n in names if n.endswith(MASK_BUFFER_SUFFIXES)]
+        present = set(names)
+        expected = self.tensor_shapes()
+        missing = [n for n in expected if n not in present]
+        extra = [n for n in names if n not in expected and not n.endswith(MASK_BUFFER_SUFFIXES)]
+        return masks, missing, extra
+
     @property
     def param_count(self) -> int:
         return sum(math.prod(s) for s in self.tensor_shapes().values())

@@ -46,3 +46,13 @@ def test_unknown_variant_names_the_value_and_the_choices(name, hint):
 def test_unknown_dtype_bytes():
     with pytest.raises(OptionError, match="int3"):
         TINY.arch.weight_bytes("int3")
+
+
+def test_match_names_sorts_masks_missing_and_extra():
+    arch = TINY.arch
+    names = list(arch.tensor_shapes())
+    names.remove("lm_head.bias")
+    names += ["transformer.h.0.attn.causal_mask", "transformer.h.9.ln_1.weight"]
+    masks, missing, extra = arch.match_names(names)
+    assert masks == ["transformer.h.0.attn.causal_mask"]
+    assert missing == ["lm_head.bias"] and extra == ["transformer.h.9.ln_1.weight"]
