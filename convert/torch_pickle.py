@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-import pickle
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import WeightFileError
+from engine.weights import AllowListUnpickler, RefusedPickle
 
 from .tensors import BF16, SourceTensor
 
@@ -34,10 +34,6 @@ STORAGE_DTYPES: dict[str, tuple[str, str]] = {
     "ShortStorage": ("<i2", "int16"), "CharStorage": ("i1", "int8"),
     "ByteStorage": ("u1", "uint8"), "BoolStorage": ("?", "bool"),
 }
-
-
-class _Refused(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -63,26 +59,26 @@ class _TensorRef:
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(type(v) is int and v >= 0 for v in value):
-        raise _Refused(f"a tensor {what} that is not a tuple of non-negative integers ({value!r})")
+        raise RefusedPickle(f"a tensor {what} that is not a tuple of non-negative integers ({value!r})")
     return tuple(value)
 
 
 def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> _TensorRef:
     if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0:
-        raise _Refused("_rebuild_tensor_v2 with unexpected arguments")
+        raise RefusedPickle("_rebuild_tensor_v2 with unexpected arguments")
     shape, strides = _ints(size, "size"), _ints(stride, "stride")
     if len(shape) != len(strides):
-        raise _Refused("a tensor whose size and stride differ in length")
+        raise RefusedPickle("a tensor whose size and stride differ in length")
     if math.prod(shape):
         last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
         if last >= storage.numel:
-            raise _Refused(f"a tensor reaching element {last} of a storage of {storage.numel}")
+            raise RefusedPickle(f"a tensor reaching element {last} of a storage of {storage.numel}")
     return _TensorRef(storage, offset, shape, strides)
 
 
 def _rebuild_parameter(data: Any, *rest: Any) -> _TensorRef:
     if not isinstance(data, _TensorRef):
-        raise _Refused("_rebuild_parameter of something that is not a tensor")
+        raise RefusedPickle("_rebuild_parameter of something that is not a tensor")
     return data
 
 
@@ -94,20 +90,16 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class _TorchUnpickler(pickle.Unpickler):
+class _TorchUnpickler(AllowListUnpickler):
     """Only the names in ``_ALLOWED``; storages become :class:`_Storage` references."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise _Refused(f"{module}.{name}") from None
+    allowed = _ALLOWED
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
                 and type(pid[4]) is int and pid[4] >= 0):
-            raise _Refused(f"a persistent object {pid!r:.80}")
+            raise RefusedPickle(f"a persistent object {pid!r:.80}")
         np_dtype, dtype = STORAGE_DTYPES[pid[1].name]
         return _Storage(pid[2], np_dtype, dtype, pid[4])
 
@@ -217,7 +209,7 @@ def read_torch_bin(path: Path) -> dict[str, SourceTensor]:
                    if i.filename.startswith(prefix + "data/")}
     try:
         obj = _TorchUnpickler(io.BytesIO(pkl)).load()
-    except _Refused as e:
+    except RefusedPickle as e:
         raise WeightFileError(f"{path}: refusing to load: the pickle asks for {e}; this file is not "
                               "a plain weight file (never load it with torch.load)") from None
     except Exception as e:  # any other decoding failure means a damaged file

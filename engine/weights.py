@@ -50,14 +50,15 @@ class TensorInfo:
     dtype: str
 
 
-class _Refused(Exception):
-    """Raised inside the unpickler for anything outside the allow-list."""
+class RefusedPickle(Exception):
+    """Raised inside an allow-list unpickler for anything outside the allow-list."""
+
 
 
 def _latin1_encode(text: Any, encoding: Any = "latin1") -> bytes:
     """Stand-in for ``_codecs.encode``, which protocol 2 uses for bytes: latin-1 text only."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
+        raise RefusedPickle(f"_codecs.encode with encoding {encoding!r}")
     return text.encode("latin-1")
 
 
@@ -77,17 +78,28 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class _StrictUnpickler(pickle.Unpickler):
-    """Resolves only the globals in ``_ALLOWED``; imports nothing."""
+class AllowListUnpickler(pickle.Unpickler):
+    """Resolves only the globals in the subclass's ``allowed`` table; imports nothing.
+
+    Anything else raises :class:`RefusedPickle` naming it.  Used for Paddle's
+    ``.pdparams`` here and for PyTorch's ``.bin`` in cgconvert."""
+
+    allowed: dict[tuple[str, str], Any] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
-            raise _Refused(f"{module}.{name}") from None
+            raise RefusedPickle(f"{module}.{name}") from None
+
+
+class _StrictUnpickler(AllowListUnpickler):
+    """Paddle's state dicts: numpy arrays, OrderedDict, tuples."""
+
+    allowed = _ALLOWED
 
     def persistent_load(self, pid: Any) -> Any:
-        raise _Refused("a persistent (external) object")
+        raise RefusedPickle("a persistent (external) object")
 
 
 def _human(n: int) -> str:
@@ -119,7 +131,7 @@ def _unpickle(path: Path) -> Any:
         f.seek(0)
         try:
             obj = _StrictUnpickler(f, encoding="latin1").load()
-        except _Refused as e:
+        except RefusedPickle as e:
             raise WeightFileError(f"{path}: refusing to load: the pickle asks for {e}; "
                                   "this file is not a plain weight file") from None
         except Exception as e:  # any decoding failure means a damaged file
