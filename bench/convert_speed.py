@@ -34,18 +34,6 @@ sys.path.insert(0, str(ROOT))
 BLOCK = 16 << 20
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def build_checkpoint(src: Path, source: str, seed: int = 0) -> int:
     """A random HF-format 350M checkpoint; returns the weight bytes."""
     import numpy as np
@@ -71,7 +59,9 @@ def build_checkpoint(src: Path, source: str, seed: int = 0) -> int:
         write_safetensors(src / "model.safetensors", state, {"format": "pt"})
     cfg = {**arch.config_dict(), "torch_dtype": "float32"}
     (src / "config.json").write_text(json.dumps(cfg, indent=2))
-    vocab = {c: i for i, c in enumerate(_bytes_to_unicode().values())}
+    from engine.tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
     vocab["<|endoftext|>"] = len(vocab)
     (src / "vocab.json").write_text(json.dumps(vocab))
     (src / "merges.txt").write_text("#version: 0.2\n")

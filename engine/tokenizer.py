@@ -29,6 +29,19 @@ class Tokenizer(Protocol):
         """Ids below this number decode to text; ids above it are never generated."""
 
 
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (the alphabet of vocab.json)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
 def decode(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
     """Decode a whole sequence (invalid UTF-8 becomes U+FFFD, as in PaddleNLP)."""
     return b"".join(tokenizer.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
