@@ -22,6 +22,32 @@ TRUNCATE_STEP = 128  # over-long prompts are cut in steps of this many tokens (a
 PREFILL_CHUNK = 512  # with reuse, prompts run in chunks of this many tokens (cancel points)
 
 
+def fit_prompt(ids: list[int], params: SamplingParams, context_length: int,
+               start_id: int) -> tuple[list[int], int]:
+    """Cut a prompt from the left so `max_new_tokens` fits the context; (ids, tokens cut).
+
+    An empty prompt becomes `start_id` (end of text, as CodeGen was trained).  The cut
+    is rounded up to a step (128 tokens at CodeGen's context), so the next prompt of
+    someone typing, this one plus a few characters, is cut at the same place and can
+    reuse this one's KV cache; it keeps up to a step less context.
+    """
+    room = context_length - params.max_new_tokens
+    if room < 1:
+        raise OptionError(f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt "
+                          f"in the {context_length}-token context; ask for fewer tokens")
+    if not ids:
+        ids = [start_id]
+    if len(ids) <= room:
+        return ids, 0
+    if not params.truncate:
+        raise OptionError(f"prompt of {len(ids)} tokens plus max_new_tokens "
+                          f"{params.max_new_tokens} exceeds the {context_length}-token "
+                          "context; shorten the prompt or allow truncation")
+    step = max(1, min(TRUNCATE_STEP, room // 8))
+    cut = -(-(len(ids) - room) // step) * step
+    return ids[cut:], cut
+
+
 @dataclass(frozen=True)
 class TokenEvent:
     """One generated token of one choice, with the text it adds (may be empty)."""
@@ -161,27 +187,8 @@ class Generator:
         return [int(t) for t in prompt]
 
     def fit_prompt(self, ids: list[int], params: SamplingParams) -> tuple[list[int], int]:
-        """Cut the prompt from the left so `max_new_tokens` fits the context.
-
-        The cut is rounded up to a step (128 tokens at CodeGen's context), so the next
-        prompt of someone typing, this one plus a few characters, is cut at the same
-        place and can reuse this one's KV cache; it keeps up to a step less context.
-        """
-        room = self.context_length - params.max_new_tokens
-        if room < 1:
-            raise OptionError(f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt "
-                              f"in the {self.context_length}-token context; ask for fewer tokens")
-        if not ids:
-            ids = [self.config.eos_token_id]  # start of text, as CodeGen was trained
-        if len(ids) <= room:
-            return ids, 0
-        if not params.truncate:
-            raise OptionError(f"prompt of {len(ids)} tokens plus max_new_tokens "
-                              f"{params.max_new_tokens} exceeds the {self.context_length}-token "
-                              "context; shorten the prompt or allow truncation")
-        step = max(1, min(TRUNCATE_STEP, room // 8))
-        cut = -(-(len(ids) - room) // step) * step
-        return ids[cut:], cut
+        """Cut the prompt from the left so `max_new_tokens` fits the context (see `fit_prompt`)."""
+        return fit_prompt(ids, params, self.context_length, self.config.eos_token_id)
 
     def generate(self, prompt, params: SamplingParams | None = None,
                  cancel: threading.Event | None = None) -> GenerationResult:

@@ -11,8 +11,7 @@ import dataclasses
 import threading
 import time
 
-from engine import OptionError
-from engine.generate import Choice, GenerationResult, Stream, TokenEvent
+from engine.generate import Choice, GenerationResult, Stream, TokenEvent, fit_prompt
 from engine.tokenizer import ByteTokenizer as _EngineByteTokenizer
 
 from .config import ServeConfig
@@ -57,22 +56,10 @@ class FakeGenerator:
     def stream(self, prompt, params, cancel=None) -> Stream:
         return Stream(self._events(prompt, params, cancel or threading.Event()))
 
-    def _fit(self, ids: list[int], params) -> tuple[list[int], int]:
-        room = self.context_length - params.max_new_tokens
-        if room < 1:
-            raise OptionError(f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt "
-                              f"in the {self.context_length}-token context; ask for fewer tokens")
-        if len(ids) <= room:
-            return ids, 0
-        if not params.truncate:
-            raise OptionError(f"prompt of {len(ids)} tokens plus max_new_tokens "
-                              f"{params.max_new_tokens} exceeds the {self.context_length}-token "
-                              "context; shorten the prompt or allow truncation")
-        return ids[len(ids) - room:], len(ids) - room
-
     def _events(self, prompt, params, cancel):
         start = time.perf_counter()
-        ids, truncated = self._fit(self.tokenizer.encode(prompt) or [256], params)
+        ids, truncated = fit_prompt(self.tokenizer.encode(prompt), params, self.context_length,
+                                    self.tokenizer.eos_token_id)
         self.calls.append((prompt, params))
         if self.gate is not None:
             self.started.set()
