@@ -115,6 +115,11 @@ class FastCodeGen:
         self.sin = self._to_device(np.sin(angles), self.compute)  # [positions, rotary_dim / 2]
         self.cos = self._to_device(np.cos(angles), self.compute)
         self._mask_cache: dict[tuple[int, int], object] = {}
+        self.numpy_decode = None  # decode steps in numpy on CPU float32 (engine/cpu_decode.py)
+        if device.kind == "cpu" and dtype == "float32" and not self.mixed:
+            from .cpu_decode import NumpyDecoder
+
+            self.numpy_decode = NumpyDecoder(self)
 
     def _to_device(self, array: np.ndarray, dtype: str | None = None):
         paddle, dtype = self._paddle, dtype or self.dtype
@@ -257,7 +262,10 @@ class FastCodeGen:
         return self.kv_bytes_per_token(rows) * capacity
 
     def decode(self, tokens: np.ndarray, cache):
-        return self._forward(tokens.reshape(-1, 1).astype(np.int64), cache)
+        if self.numpy_decode is None:
+            return self._forward(tokens.reshape(-1, 1).astype(np.int64), cache)
+        kv, pos = self._reserve(cache, 1)
+        return self.numpy_decode.step(tokens.reshape(-1).astype(np.int64), kv, pos), (kv, pos + 1)
 
     def expand_cache(self, cache, rows: int):
         if rows == 1:

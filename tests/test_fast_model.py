@@ -112,3 +112,57 @@ def test_cache_room_for_the_first_new_token_and_never_past_the_context():
     _, full = model.prefill([i % 256 for i in range(limit - 1)])
     _, full = model.decode(np.asarray([1]), full)  # the very last position
     assert full[1] == limit and full[0][0][0].shape[2] == limit
+
+
+def _decode_steps(model, prompt: list[int], steps: int, rows: int) -> tuple[np.ndarray, list]:
+    logits, cache = model.prefill(prompt)
+    cache = model.expand_cache(cache, rows)
+    tokens = np.asarray([int(logits.argmax()) + r for r in range(rows)])
+    out, picked = [], []
+    for _ in range(steps):
+        logits, cache = model.decode(tokens, cache)
+        out.append(logits)
+        tokens = logits.argmax(axis=-1)
+        picked.append(tokens.tolist())
+    return np.stack(out), picked
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_numpy_decode_steps_equal_paddle_steps(rows):
+    """On CPU in float32 decode steps run in numpy (engine/cpu_decode.py) over the model's own
+    memory; Paddle's step stays for other dtypes and devices.  Both must agree, also across
+    a KV-cache growth (the prompt ends 3 positions before a block boundary)."""
+    from engine.fast_model import CACHE_BLOCK
+
+    gen = load("random:tiny", prefix_cache_bytes=0)
+    model = gen.model
+    assert model.numpy_decode is not None
+    prompt = [(7 * i) % 256 for i in range(CACHE_BLOCK - 4)]
+    fast, fast_tokens = _decode_steps(model, prompt, 8, rows)
+    kept, model.numpy_decode = model.numpy_decode, None
+    try:
+        slow, slow_tokens = _decode_steps(model, prompt, 8, rows)
+    finally:
+        model.numpy_decode = kept
+    assert fast_tokens == slow_tokens
+    assert nmse(slow, fast) <= 1e-10
+
+
+def test_cache_written_by_numpy_decode_serves_a_later_paddle_prefill():
+    """The numpy step writes the Paddle cache tensors in place: a prompt continued with Paddle's
+    prefill on top of decoded positions sees exactly what a fresh prefill computes."""
+    gen = load("random:tiny", prefix_cache_bytes=0)
+    model = gen.model
+    prompt = list(range(40, 90))
+    logits, cache = model.prefill(prompt)
+    token = int(logits.argmax())
+    _, cache = model.decode(np.asarray([token]), cache)
+    more = [5, 6, 7]
+    continued, _ = model.prefill(prompt + [token] + more, cache, start=len(prompt) + 1)
+    fresh, _ = model.prefill(prompt + [token] + more)
+    assert nmse(fresh, continued) <= 1e-10
+
+
+def test_numpy_decode_only_for_float32_on_cpu(model_dirs):
+    half = load(model_dirs["modern"], dtype="bfloat16", prefix_cache_bytes=0)
+    assert half.model.numpy_decode is None  # half storage decodes through Paddle
