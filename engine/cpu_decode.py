@@ -33,6 +33,10 @@ def writable_view(tensor) -> np.ndarray:
     buffer directly.  The view does not keep the tensor alive: use it only while the
     tensor is referenced (the cache passed to `decode` holds it for the whole step).
     """
+    if not (tensor.is_contiguous() and str(tensor.dtype) == "paddle.float32"
+            and tensor.place.is_cpu_place()):
+        raise ValueError(f"a numpy view needs a contiguous float32 CPU tensor, not {tensor.dtype} "
+                         f"on {tensor.place} (contiguous: {tensor.is_contiguous()})")
     shape = tuple(tensor.shape)
     count = math.prod(shape)
     buf = (ctypes.c_float * count).from_address(tensor.data_ptr())
