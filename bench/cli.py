@@ -186,12 +186,16 @@ def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, a
 @click.option("--max-tokens", default=12, show_default=True, type=int)
 @click.option("--max-lines", default=150, show_default=True, type=int,
               help="The extension's fauxpilot.maxLines: prompt window in lines.")
-@click.option("--lines", help="FIRST-LAST (1-based) lines to type; the lines above are already there.")
+@click.option("--lines", help="FIRST-LAST (1-based) lines to type; the lines above are already there. "
+              "Several ranges, comma-separated (A-B,C-D), are typed one after the other.")
+@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path),
+              help="With --model random:<variant>: BPE tokenizer directory to pair with the random "
+                   "weights (`cgbench train-tokenizer`) instead of one token per byte.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(path_type=Path), help="Directory (default results/typing-<file>-<time>).")
 @user_errors
 def typing(file, url, baseline_url, model, mode, cps, pause_ms, pause_prob, max_tokens,
-           max_lines, lines, seed, out):
+           max_lines, lines, tokenizer, seed, out):
     """Replay typing FILE; a Fauxpilot-shaped request at every pause; latency as users feel it."""
     from .errors import BenchError
     from .typing_run import TypingConfig, run_typing
@@ -199,12 +203,51 @@ def typing(file, url, baseline_url, model, mode, cps, pause_ms, pause_prob, max_
     modes = {"compare": ("reuse", "no-reuse"), "no-reuse": ("no-reuse",)}.get(mode, ("reuse",))
     try:
         lo, hi = (float(x) for x in pause_ms.split(","))
-        span = tuple(int(x) for x in lines.split("-")) if lines else None
+        spans = [tuple(int(x) for x in part.split("-")) for part in lines.split(",")] \
+            if lines else []
+        if any(len(span) != 2 for span in spans):
+            raise ValueError
     except ValueError:
-        raise BenchError("--pause-ms is MIN,MAX in ms; --lines is FIRST-LAST") from None
+        raise BenchError("--pause-ms is MIN,MAX in ms; --lines is FIRST-LAST[,FIRST-LAST...]") \
+            from None
     cfg = TypingConfig(file=file, modes=modes, url=url, baseline_url=baseline_url, model=model,
                        cps=cps, pause_ms=(lo, hi), pause_prob=pause_prob, max_tokens=max_tokens,
-                       max_lines=max_lines, lines=span, seed=seed, out=out)
+                       max_lines=max_lines, lines=spans[0] if spans else None,
+                       more_lines=tuple(spans[1:]), tokenizer=tokenizer, seed=seed, out=out)
     summary, _ = run_typing(cfg, log=lambda line: click.echo(line, err=True))
     if not any(m["answered"] for m in summary["modes"].values()):
         raise SystemExit(1)
+
+
+@main.command("train-tokenizer")
+@click.argument("out", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--corpus", "corpus", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="A directory (its *.py files, sorted) or file to train on; repeatable "
+                   "(default: this Python's standard library, tests left out).")
+@click.option("--vocab-size", default=50257, show_default=True, type=int,
+              help="BPE ids including <|endoftext|>, which is the last (50256 by default, as "
+                   "CodeGen); CodeGen's 38 whitespace tokens follow.")
+@click.option("--measure", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Then print bytes per token of this file.")
+@user_errors
+def train_tokenizer(out, corpus, vocab_size, measure):
+    """Train a CodeGen-shaped byte-level BPE offline, for `--tokenizer` with random weights.
+
+    OUT defaults to a user cache directory; it is printed on stdout.
+    """
+    import json
+    import time
+
+    from .tokenizer_train import bytes_per_token, default_out, train_tokenizer as train
+
+    out = out or default_out(vocab_size)
+    t0 = time.perf_counter()
+    info = train(out, list(corpus) or None, vocab_size)
+    click.echo(f"trained on {info['files']} files ({info['corpus_bytes'] / 1e6:.1f} MB) in "
+               f"{time.perf_counter() - t0:.0f} s: {info['usable_ids']} ids, end of text "
+               f"{info['eos_token_id']}", err=True)
+    if measure:
+        n_bytes, n_tokens = bytes_per_token(out, measure.read_text(encoding="utf-8"))
+        click.echo(json.dumps({"file": str(measure), "bytes": n_bytes, "tokens": n_tokens,
+                               "bytes_per_token": round(n_bytes / n_tokens, 3)}), err=True)
+    click.echo(str(out))

@@ -33,6 +33,8 @@ class TypingConfig:
     max_tokens: int = 12
     max_lines: int = 150  # the extension's fauxpilot.maxLines setting
     lines: tuple[int, int] | None = None  # 1-based, inclusive; default the whole file
+    more_lines: tuple[tuple[int, int], ...] = ()  # further ranges typed after `lines`, in order
+    tokenizer: Path | None = None  # BPE files for random:<variant> (engine.load's tokenizer)
     seed: int = 0
     out: Path | None = None
 
@@ -48,6 +50,11 @@ class TypingConfig:
             raise BenchError("--max-tokens must be at least 1")
         if self.max_lines < 2:
             raise BenchError("--max-lines must be at least 2")
+        if self.tokenizer is not None and self.url:
+            raise BenchError("--tokenizer goes with --model; for --url start cgserve with "
+                             "--tokenizer DIR")
+        if self.more_lines and not self.lines:
+            raise BenchError("further line ranges need a first one (--lines A-B,C-D)")
 
 
 def default_out(file: Path) -> Path:
@@ -70,7 +77,8 @@ def servers(cfg: TypingConfig):
         urls, load_s = {}, {}
         for mode in cfg.modes:
             t0 = time.perf_counter()
-            generator = load(cfg.model, prefix_cache_bytes=0 if mode == "no-reuse" else None)
+            generator = load(cfg.model, prefix_cache_bytes=0 if mode == "no-reuse" else None,
+                             tokenizer=cfg.tokenizer)
             load_s[mode] = time.perf_counter() - t0
             live = stack.enter_context(LiveServer(generator, model=cfg.model))
             urls[mode] = live.url
@@ -80,11 +88,14 @@ def servers(cfg: TypingConfig):
 def run_typing(cfg: TypingConfig, log=print) -> tuple[dict, Path]:
     text = cfg.file.read_text(encoding="utf-8")
     n_lines = len(line_offsets(text))
-    first, last = cfg.lines or (1, n_lines)
-    segments = plan_session(text, first, last, cfg.cps, cfg.pause_ms, cfg.pause_prob, cfg.seed)
+    spans = [cfg.lines or (1, n_lines), *cfg.more_lines]
+    segments = [s for first, last in spans for s in
+                plan_session(text, first, last, cfg.cps, cfg.pause_ms, cfg.pause_prob, cfg.seed)]
+    first, last = spans[0][0], spans[-1][1]
     requests = sum(len(s.pauses) for s in segments)
     typed = sum(s.end - s.start for s in segments)
-    log(f"{cfg.file}: lines {first}-{last} of {n_lines}: {typed} keystrokes, {requests} requests "
+    shown_spans = ",".join(f"{a}-{b}" for a, b in spans)
+    log(f"{cfg.file}: lines {shown_spans} of {n_lines}: {typed} keystrokes, {requests} requests "
         f"per mode, {sum(s.duration_s for s in segments):.0f} s of typing per mode")
     out = cfg.out or default_out(cfg.file)
     started = datetime.now().isoformat(timespec="seconds")
@@ -100,11 +111,17 @@ def run_typing(cfg: TypingConfig, log=print) -> tuple[dict, Path]:
         outcomes = replay(urls, text, segments, cfg.max_tokens, progress, cfg.max_lines)
         after = {mode: read_metrics(url) for mode, url in urls.items()}
     summary = summarise(outcomes, list(cfg.modes))
+    if len(spans) > 1:  # each range on its own too: how deep in the file changes things
+        summary["ranges"] = {f"{a}-{b}": summarise([o for o in outcomes if a <= o.line <= b],
+                                                   list(cfg.modes)) for a, b in spans}
     for mode in cfg.modes:
         summary["modes"][mode]["server_metrics"] = {
             name: after[mode].get(name, 0.0) - (0 if "bytes" in name else before[mode].get(name, 0.0))
             for name in METRICS}
     env = environment(cfg, text, first, last, n_lines, typed, requests, started, load_s)
+    env["line_ranges"] = [list(span) for span in spans]
+    if cfg.tokenizer is not None:
+        env["tokenizer"] = tokenizer_info(cfg.tokenizer)
     paths = write_results(out, outcomes, summary, env)
     log(render_summary(summary))
     log("wrote " + ", ".join(str(p) for p in paths))
@@ -131,6 +148,21 @@ def environment(cfg, text, first, last, n_lines, typed, requests, started, load_
                 "stop [\"\\n\"], User-Agent OpenAI/JS 4.3.1, Authorization Bearer dummy",
     )
     return env
+
+
+def tokenizer_info(path: Path) -> dict:
+    """Where the tokenizer came from (its training.json when `cgbench train-tokenizer` made it)."""
+    import json
+
+    info = {"dir": str(path)}
+    for name in ("vocab.json", "merges.txt", "added_tokens.json"):
+        if (path / name).is_file():
+            info[name + "_sha256"] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+    try:
+        info["training"] = json.loads((path / "training.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return info
 
 
 def _git_commit() -> str | None:

@@ -27,23 +27,31 @@ DEFAULT_MODEL = "random:350M-mono"
 
 def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
          seed: int = 0, impl: str = "fast",
-         prefix_cache_bytes: int | None = None) -> Generator:
+         prefix_cache_bytes: int | None = None,
+         tokenizer: str | Path | None = None) -> Generator:
     """Load a model directory or `random:<variant>` and return its Generator.
 
     `impl`: "fast" (the engine's own Paddle forward) or "reference" (PaddleNLP's
     CodeGenForCausalLM, which the tests compare the fast one against); both give
     the same logits to float rounding.  `prefix_cache_bytes`: KV-cache budget for
     reusing the prompts of earlier requests (fast impl only; 0 turns reuse off,
-    None: two full contexts).  Never contacts a hub or download server.  Raises :class:`EngineError`
-    subclasses, each with a one-line message naming the problem and the fix.
+    None: two full contexts).  `tokenizer`: with `random:<variant>`, a directory of
+    CodeGen-layout BPE files (vocab.json, merges.txt, added_tokens.json; e.g. from
+    `cgbench train-tokenizer`) to use instead of one token per byte.  Never
+    contacts a hub or download server.  Raises :class:`EngineError` subclasses, each
+    with a one-line message naming the problem and the fix.
     """
     from .model import load_directory, load_random
 
     dev = parse_device(device)
     spec = str(model)
     if spec.startswith(RANDOM_PREFIX):
-        loaded = load_random(spec[len(RANDOM_PREFIX):], dtype, dev, seed, impl)
+        loaded = load_random(spec[len(RANDOM_PREFIX):], dtype, dev, seed, impl,
+                             None if tokenizer is None else Path(tokenizer))
     else:
+        if tokenizer is not None:
+            raise OptionError(f"{spec}: a tokenizer directory goes only with random:<variant>; "
+                              "a model directory uses the tokenizer files beside its weights")
         loaded = load_directory(Path(spec).expanduser(), dtype, dev, impl)
     return Generator(loaded, prefix_cache_bytes=prefix_cache_bytes)
 

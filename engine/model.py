@@ -209,7 +209,8 @@ class LoadedModel:
 
 
 def load_random(variant_name: str, dtype: str, device: Device, seed: int = 0,
-                impl: str = "fast") -> LoadedModel:
+                impl: str = "fast", tokenizer_dir: Path | None = None) -> LoadedModel:
+    """Random weights of a variant; bytes as tokens, or the BPE tokenizer in `tokenizer_dir`."""
     from .config import config_from_dict
     from .tokenizer import ByteTokenizer
     from .variants import get_variant
@@ -217,11 +218,45 @@ def load_random(variant_name: str, dtype: str, device: Device, seed: int = 0,
     start = time.perf_counter()
     variant = get_variant(variant_name)
     check_dtype(dtype, device, impl)
+    source = f"random:{variant.short_name}"
+    config_dict = variant.arch.config_dict()
+    tokenizer = None
+    if tokenizer_dir is not None:
+        tokenizer, eos = random_tokenizer(Path(tokenizer_dir).expanduser(), source,
+                                          variant.arch.vocab_size)
+        config_dict.update(eos_token_id=eos, pad_token_id=eos)
+    config = config_from_dict(config_dict, source)
     activate_device(device, dtype)
-    config = config_from_dict(variant.arch.config_dict(), f"random:{variant.short_name}")
     model = build_model(random_arrays(config, seed), config, dtype, device, impl)
-    return LoadedModel(model, ByteTokenizer(config.eos_token_id), config,
-                       f"random:{variant.short_name}", time.perf_counter() - start)
+    return LoadedModel(model, tokenizer or ByteTokenizer(config.eos_token_id), config,
+                       source, time.perf_counter() - start)
+
+
+def random_tokenizer(tokenizer_dir: Path, source: str, vocab_size: int):
+    """A CodeGen-layout tokenizer directory for random weights, and its end-of-text id."""
+    from .tokenizer import TOKENIZER_FILES, load_tokenizer
+
+    missing = [f for f in TOKENIZER_FILES if not (tokenizer_dir / f).is_file()]
+    if missing:
+        what = "no such directory" if not tokenizer_dir.is_dir() else f"no {' or '.join(missing)}"
+        raise ModelFilesError(f"{tokenizer_dir}: {what}; give a tokenizer directory holding "
+                              f"{' and '.join(TOKENIZER_FILES)} (train one with "
+                              "`cgbench train-tokenizer`)")
+    # Encoded as CodeGen's own tokenizer does (newlines before indentation kept).
+    tokenizer = load_tokenizer(tokenizer_dir, keep_whitespace=True)
+    eos = tokenizer.paddlenlp.encoder.get("<|endoftext|>")
+    if eos is None:
+        raise ModelFilesError(f"{tokenizer_dir}: vocab.json has no <|endoftext|> token; train the "
+                              "tokenizer with `cgbench train-tokenizer` (it adds one)")
+    usable = tokenizer.usable_ids()
+    if usable > vocab_size:
+        added = usable - len(tokenizer.paddlenlp.encoder)
+        raise ConfigError(f"{tokenizer_dir}: the tokenizer has {usable} token ids but {source} "
+                          f"has {vocab_size} embedding rows; train it with a smaller vocabulary "
+                          f"(`cgbench train-tokenizer --vocab-size N`, N at most "
+                          f"{vocab_size - added}) or use a larger variant")
+    tokenizer.eos_token_id = eos
+    return tokenizer, eos
 
 
 def load_directory(model_dir: Path, dtype: str, device: Device, impl: str = "fast") -> LoadedModel:

@@ -46,6 +46,10 @@ def _opt(*names, env: str, **kwargs):
 @_opt("--prefix-cache-mb", env="PREFIX_CACHE_MB", default=None, type=float,
       help="KV cache kept to reuse the prompts of earlier requests (0: off; default: two "
            "full contexts).")
+@_opt("--tokenizer", env="TOKENIZER", default=None,
+      type=click.Path(file_okay=False),
+      help="With random:<variant>: a BPE tokenizer directory (`cgbench train-tokenizer`) "
+           "instead of one token per byte.")
 @_opt("--supersede/--no-supersede", env="SUPERSEDE", default=True,
       help="A newer request from the same client whose prompt extends a queued or running one "
            "cancels that one (it gets an empty completion).")
@@ -55,7 +59,7 @@ def _opt(*names, env: str, **kwargs):
       type=click.Choice(["debug", "info", "warning", "error"]))
 @user_errors
 def main(model, host, port, dtype, device, api_key, max_queue, cors_origin, request_timeout,
-         max_body, grace, truncate, model_name, impl, prefix_cache_mb, supersede,
+         max_body, grace, truncate, model_name, impl, prefix_cache_mb, tokenizer, supersede,
          log_prompts, log_level) -> None:
     config = ServeConfig(model=model, host=host, port=port, dtype=dtype, device=device,
                          api_key=api_key, max_queue=max_queue, cors_origin=cors_origin,
@@ -70,7 +74,7 @@ def main(model, host, port, dtype, device, api_key, max_queue, cors_origin, requ
     from .server import run
 
     try:
-        code = run(config, lambda: load(model, **config.load_kwargs()))
+        code = run(config, lambda: load(model, tokenizer=tokenizer, **config.load_kwargs()))
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     raise SystemExit(code)
