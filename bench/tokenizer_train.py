@@ -104,8 +104,8 @@ def train_tokenizer(out: Path, roots: list[Path] | None = None,
 
 
 def bytes_per_token(tokenizer_dir: Path, text: str) -> tuple[int, int]:
-    """(bytes, tokens) of `text` as the engine encodes it for random weights (`keep_whitespace`)."""
+    """(bytes, tokens) of `text` as the engine encodes it for random weights."""
     from engine.tokenizer import load_tokenizer
 
-    ids = load_tokenizer(tokenizer_dir, keep_whitespace=True).encode(text)
+    ids = load_tokenizer(tokenizer_dir).encode(text)
     return len(text.encode("utf-8")), len(ids)

@@ -243,7 +243,7 @@ def random_tokenizer(tokenizer_dir: Path, source: str, vocab_size: int):
                               f"{' and '.join(TOKENIZER_FILES)} (train one with "
                               "`cgbench train-tokenizer`)")
     # Encoded as CodeGen's own tokenizer does (newlines before indentation kept).
-    tokenizer = load_tokenizer(tokenizer_dir, keep_whitespace=True)
+    tokenizer = load_tokenizer(tokenizer_dir)
     eos = tokenizer.paddlenlp.encoder.get("<|endoftext|>")
     if eos is None:
         raise ModelFilesError(f"{tokenizer_dir}: vocab.json has no <|endoftext|> token; train the "

@@ -73,8 +73,7 @@ class CodeGenBPETokenizer:
 
     name = "codegen-bpe"
 
-    def __init__(self, model_dir: Path, eos_token_id: int = EOS_TOKEN_ID,
-                 keep_whitespace: bool = False):
+    def __init__(self, model_dir: Path, eos_token_id: int = EOS_TOKEN_ID):
         for fname in TOKENIZER_FILES:
             path = model_dir / fname
             if not path.is_file():
@@ -95,22 +94,18 @@ class CodeGenBPETokenizer:
         self._byte_decoder = self._tok.byte_decoder
         self._size = len(self._tok)
         self._no_split = frozenset(self._tok.unique_no_split_tokens)
-        self.keep_whitespace = keep_whitespace
 
     def encode(self, text: str) -> list[int]:
-        """PaddleNLP's encoding; with `keep_whitespace`, Hugging Face CodeGen's.
+        """Hugging Face CodeGen's encoding (the ids CodeGen was trained on).
 
-        PaddleNLP's `tokenize` strips the whitespace next to every non-special added
-        token (CodeGen's runs of spaces and tabs), so "x:\n    y" loses its newline
-        and decodes as "x:    y".  CodeGen's own (fast) tokenizer keeps it: with
-        `keep_whitespace` the added tokens split the text and BPE encodes every piece
-        between them untouched, which gives the same ids as the `tokenizers` library.
+        Not PaddleNLP's `tokenize`: it strips the whitespace next to every non-special
+        added token (CodeGen's runs of spaces and tabs), so "x:\n    y" loses its newline
+        and the model would see "x:    y", every indented line glued to the one before.
+        Here the added tokens split the text and BPE encodes every piece between them
+        untouched, which gives the same ids as the `tokenizers` library.
         """
         if not text:
             return []
-        if not self.keep_whitespace:
-            return list(self._tok(text, add_special_tokens=False, return_attention_mask=False,
-                                  return_token_type_ids=False)["input_ids"])
         tok, ids = self._tok, []
         no_split = self._no_split
         for piece in tok.tokens_trie.split(text):
@@ -156,6 +151,5 @@ class IncrementalDecoder:
         return self._utf8.decode(b"", final=True)
 
 
-def load_tokenizer(model_dir: Path, eos_token_id: int = EOS_TOKEN_ID,
-                   keep_whitespace: bool = False) -> Tokenizer:
-    return CodeGenBPETokenizer(model_dir, eos_token_id, keep_whitespace)
+def load_tokenizer(model_dir: Path, eos_token_id: int = EOS_TOKEN_ID) -> Tokenizer:
+    return CodeGenBPETokenizer(model_dir, eos_token_id)

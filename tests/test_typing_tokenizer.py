@@ -39,7 +39,7 @@ def tok_dir(corpus, tmp_path_factory):
 
 
 def test_engine_loader_reads_it_and_round_trips(tok_dir):
-    tok = load_tokenizer(tok_dir, keep_whitespace=True)  # as random weights use it
+    tok = load_tokenizer(tok_dir)  # as random weights use it
     assert tok.usable_ids() == VOCAB + 38
     vocab = json.loads((tok_dir / "vocab.json").read_text(encoding="utf-8"))
     assert vocab["<|endoftext|>"] == VOCAB - 1 == max(vocab.values())
@@ -48,8 +48,7 @@ def test_engine_loader_reads_it_and_round_trips(tok_dir):
     assert any(i >= VOCAB for i in ids)  # CodeGen's whitespace tokens are used
     assert len(ids) < len(TEXT.encode("utf-8"))  # merges were learned
     assert "zzzz" not in "".join(vocab)  # files under test/ were left out
-    plain = load_tokenizer(tok_dir)  # PaddleNLP's own encoding drops the newline
-    assert decode(plain, plain.encode("x:\n    y")) == "x:    y"
+    assert decode(tok, tok.encode("x:\n    y")) == "x:\n    y"  # PaddleNLP's encode: "x:    y"
 
 
 def test_engine_encodes_as_the_tokenizers_library_does(tok_dir):
@@ -64,7 +63,7 @@ def test_engine_encodes_as_the_tokenizers_library_does(tok_dir):
     fast.add_special_tokens(["<|endoftext|>"])
     fast.add_tokens([AddedToken(t, normalized=False) for t in WHITESPACE])
     text = TEXT + "<|endoftext|>" + builders.CORPUS
-    assert load_tokenizer(tok_dir, keep_whitespace=True).encode(text) == fast.encode(text).ids
+    assert load_tokenizer(tok_dir).encode(text) == fast.encode(text).ids
 
 
 def test_training_is_repeatable(corpus, tok_dir, tmp_path):
@@ -75,7 +74,7 @@ def test_training_is_repeatable(corpus, tok_dir, tmp_path):
 
 def test_random_weights_use_the_tokenizer(tok_dir):
     gen = load("random:tiny", tokenizer=tok_dir)
-    assert gen.tokenizer.name == "codegen-bpe" and gen.tokenizer.keep_whitespace
+    assert gen.tokenizer.name == "codegen-bpe"
     assert gen.config.eos_token_id == gen.tokenizer.eos_token_id == VOCAB - 1
     result = gen.generate("def add(a, b):\n", SamplingParams(max_new_tokens=6, seed=1))
     assert result.prompt_tokens == len(gen.tokenizer.encode("def add(a, b):\n")) < 15
