@@ -78,7 +78,7 @@ class FastCodeGen:
         """`arrays`: (name, numpy array) pairs in PaddleNLP's layout, in any order; each is
         copied to the device as it comes (the caller may reuse its buffers).  Matrices are
         stored as `dtype`; vectors, activations and the KV cache use `compute_dtype`."""
-        self._paddle = paddle = import_paddle()
+        self._paddle = import_paddle()
         self.config, self.dtype, self.device = config, dtype, device
         self.compute = compute_dtype or dtype
         self.mixed = self.compute != dtype
