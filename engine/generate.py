@@ -20,6 +20,8 @@ from .tokenizer import IncrementalDecoder
 
 TRUNCATE_STEP = 128  # over-long prompts are cut in steps of this many tokens (at most)
 PREFILL_CHUNK = 512  # with reuse, prompts run in chunks of this many tokens (cancel points)
+WARM_CHUNK = 128  # warm-ups run in chunks this small: a request waits for at most one
+WARM_NEAR_TOKENS = 16  # an entry covering all but this many of a warm-up's tokens is enough
 
 
 def fit_prompt(ids: list[int], params: SamplingParams, context_length: int,
@@ -97,6 +99,17 @@ class GenerationResult:
     def tpot_ms(self) -> float | None:
         steps = len(self.token_times_ms)
         return (self.e2e_ms - self.ttft_ms) / (steps - 1) if steps > 1 else None
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """What `Generator.warm` did: tokens of the text, taken from the cache, and run."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    computed_tokens: int = 0
+    cancelled: bool = False
+    skipped: str | None = None  # why nothing was done: no-cache, empty, cached, too-long
 
 
 class _ChoiceState:
@@ -291,6 +304,64 @@ class Generator:
     def _keep(self, tokens: list[int], cache) -> None:
         if self.prefix_cache is not None and cache is not None:
             self.prefix_cache.put(tokens, cache, self.model.cache_nbytes(cache))
+
+    def warm(self, prompt, cancel: threading.Event | None = None,
+             chunk: int = WARM_CHUNK) -> WarmResult:
+        """Compute the KV cache of `prompt` and keep it in the prefix cache; never decode.
+
+        For a prompt a later request is expected to start with (an editor's next line):
+        that request then reuses it as any cached prefix.  Runs in chunks of `chunk`
+        tokens, checking `cancel` between them; a cancelled warm-up keeps what it
+        computed.  It starts only from a cached entry that holds nothing beyond the
+        shared prefix (the entry is written over from there on, and an entry another
+        prompt still needs must not lose its end).  Nothing happens without a prefix
+        cache, or when the prompt would not fit the context uncut.
+        """
+        cancel = cancel or threading.Event()
+        if self.prefix_cache is None:
+            return WarmResult(skipped="no-cache")
+        ids = self.encode(prompt)
+        if not ids:
+            return WarmResult(skipped="empty")
+        if len(ids) >= self.context_length:
+            return WarmResult(len(ids), skipped="too-long")
+        chunk = max(1, int(chunk))
+        with self._lock:
+            best, key, lossless = self._warm_match(ids)
+            if best >= len(ids) - min(WARM_NEAR_TOKENS, len(ids) - 1):
+                return WarmResult(len(ids), best, skipped="cached")
+            cache, done = None, 0
+            if key is not None:
+                cache, done = self._warm_take(key), lossless
+            reused = done
+            while done < len(ids) and not cancel.is_set():
+                end = min(len(ids), done + chunk)
+                _, cache = self.model.prefill(ids[:end], cache=cache, start=done)
+                done = end
+            self._keep(ids[:done], cache)
+        return WarmResult(len(ids), reused, done - reused, cancelled=done < len(ids))
+
+    def _warm_match(self, ids: list[int]) -> tuple[int, int | None, int]:
+        """(longest cached prefix of `ids` over all entries, the key of the longest entry that
+        is itself a prefix of `ids`, its length)."""
+        from .prefix_cache import common_prefix
+
+        want = np.asarray(ids, dtype=np.int64)
+        cache = self.prefix_cache
+        best, key, lossless = 0, None, 0
+        with cache._lock:
+            for k, entry in cache._entries.items():
+                n = common_prefix(entry.tokens, want)
+                best = max(best, n)
+                if n == len(entry.tokens) and n > lossless:
+                    key, lossless = k, n
+        return best, key, lossless
+
+    def _warm_take(self, key: int):
+        cache = self.prefix_cache
+        with cache._lock:
+            entry = cache._entries.pop(key, None)
+        return entry.cache if entry is not None else None
 
     def _advance(self, state: _ChoiceState, logits: np.ndarray, params: SamplingParams,
                  now: float, last: bool) -> tuple[int, TokenEvent]:

@@ -49,11 +49,17 @@ class ServerState:
                                busy=lambda: int(bool(self.scheduler and self.scheduler.busy)),
                                ready=lambda: int(self.status == READY),
                                cache_bytes=lambda: cache_reading(self.generator, "used_bytes"),
-                               cache_budget=lambda: cache_reading(self.generator, "budget_bytes"))
+                               cache_budget=lambda: cache_reading(self.generator, "budget_bytes"),
+                               warmups=lambda: dict(self.scheduler.warmups) if self.scheduler
+                               else {},
+                               warming=lambda: int(bool(self.scheduler and self.scheduler.warming)),
+                               warmups_pending=lambda: self.scheduler.pending_warmups
+                               if self.scheduler else 0)
 
     def set_ready(self, generator) -> None:
         self.generator = generator
-        self.scheduler = Scheduler(generator, self.config.max_queue)
+        self.scheduler = Scheduler(generator, self.config.max_queue,
+                                   speculate=self.config.speculate)
         self.status = READY
 
 
@@ -272,10 +278,11 @@ class CompletionsHandler(BaseHandler):
         if self.state.config.log_prompts:
             self.summary["prompt"] = req.prompt[-200:]
         client = None
-        if state.config.supersede:
+        if state.config.supersede or state.config.speculate:  # speculate: one warm-up per client
             headers = self.request.headers
             client = client_key(req.user, headers.get("Authorization"), self.request.remote_ip,
                                 headers.get("User-Agent"))
+        if state.config.supersede:
             self.supersede(client, req.prompt)
         try:
             self.job = state.scheduler.submit(req.prompt, params, client)

@@ -28,6 +28,7 @@ class ServeConfig:
     impl: str = "fast"  # the engine's own Paddle forward; "reference" is PaddleNLP's model
     prefix_cache_mb: float | None = None  # KV cache kept to reuse earlier prompts; None: engine's
     supersede: bool = True  # a newer request from the same client cancels its stale ones
+    speculate: bool = True  # while idle, compute the start of a client's next-line prompt
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:

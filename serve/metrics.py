@@ -57,6 +57,22 @@ class Gauge:
                 f"{self.name} {_num(self.read())}"]
 
 
+class ReadCounter:
+    """A counter kept elsewhere (the worker thread's): `read()` gives {label value: count}."""
+
+    def __init__(self, name: str, help_text: str, label: str | None,
+                 read: Callable[[], dict[str, float]], keys: tuple[str, ...]):
+        self.name, self.help, self.label, self.read, self.keys = name, help_text, label, read, keys
+
+    def render(self) -> list[str]:
+        values = self.read() or {}
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for key in self.keys:
+            labels = _labels(((self.label, key),)) if self.label else ""
+            out.append(f"{self.name}{labels} {_num(values.get(key, 0))}")
+        return out
+
+
 class Histogram:
     def __init__(self, name: str, help_text: str, buckets: tuple[float, ...] = LATENCY_BUCKETS_S):
         self.name, self.help, self.buckets = name, help_text, buckets
@@ -85,7 +101,10 @@ class Metrics:
     def __init__(self, queue_depth: Callable[[], float] = lambda: 0,
                  busy: Callable[[], float] = lambda: 0, ready: Callable[[], float] = lambda: 0,
                  cache_bytes: Callable[[], float] = lambda: 0,
-                 cache_budget: Callable[[], float] = lambda: 0):
+                 cache_budget: Callable[[], float] = lambda: 0,
+                 warmups: Callable[[], dict[str, float]] = lambda: {},
+                 warming: Callable[[], float] = lambda: 0,
+                 warmups_pending: Callable[[], float] = lambda: 0):
         self.requests = Counter("cgserve_requests_total", "HTTP requests answered, by route and status",
                                 ("route", "status"))
         self.cancelled = Counter("cgserve_cancelled_total",
@@ -108,6 +127,18 @@ class Metrics:
                               "Time to first token as the engine measured it")
         self.queue_wait = Histogram("cgserve_queue_wait_seconds",
                                     "Time a completion waited in the queue")
+        self.warmup_counters = [
+            ReadCounter("cgserve_warmups_started_total",
+                        "Speculative warm-ups of a client's next-line prompt started", None,
+                        warmups, ("started",)),
+            ReadCounter("cgserve_warmups_total",
+                        "Speculative warm-ups ended, by outcome (completed; cancelled by a "
+                        "request, resumed later; skipped: already cached or too long)",
+                        "outcome", warmups, ("completed", "cancelled", "skipped")),
+            ReadCounter("cgserve_warmup_tokens_computed_total",
+                        "Prompt tokens computed by speculative warm-ups", None,
+                        lambda: {"tokens": warmups().get("tokens", 0)}, ("tokens",)),
+        ]
         self.gauges = [
             Gauge("cgserve_queue_depth", "Completions waiting for the worker", queue_depth),
             Gauge("cgserve_busy", "1 while the worker is generating", busy),
@@ -115,6 +146,9 @@ class Metrics:
             Gauge("cgserve_prefix_cache_bytes", "KV cache bytes kept for reuse", cache_bytes),
             Gauge("cgserve_prefix_cache_budget_bytes",
                   "The prefix cache's budget (0: reuse is off)", cache_budget),
+            Gauge("cgserve_warmup_running", "1 while a speculative warm-up runs", warming),
+            Gauge("cgserve_warmups_pending", "Clients with a warm-up waiting for an idle worker",
+                  warmups_pending),
         ]
 
     def render(self) -> str:
@@ -122,6 +156,6 @@ class Metrics:
         for metric in (self.requests, self.cancelled, self.rejected, self.completion_tokens,
                        self.prompt_tokens, self.reused_tokens, self.computed_tokens,
                        self.truncated_tokens, self.latency, self.ttft,
-                       self.queue_wait, *self.gauges):
+                       self.queue_wait, *self.warmup_counters, *self.gauges):
             lines += metric.render()
         return "\n".join(lines) + "\n"

@@ -18,6 +18,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from .speculate import next_line_prefix
+
 log = logging.getLogger("serve")
 
 
@@ -65,9 +67,17 @@ class Job:
 class Scheduler:
     """FIFO of jobs for one generator, run by one worker thread."""
 
-    def __init__(self, generator, max_queue: int = 16):
+    def __init__(self, generator, max_queue: int = 16, speculate: bool = False):
         self.generator = generator
         self.max_queue = max_queue
+        # warm-ups need the engine's warm() and a prefix cache to keep what they compute
+        self.speculate = bool(speculate and callable(getattr(generator, "warm", None))
+                              and getattr(generator, "prefix_cache", None) is not None)
+        self._pending: collections.OrderedDict[Any, str] = collections.OrderedDict()
+        self._warm_cancel: threading.Event | None = None  # set while a warm-up runs
+        self._held = False
+        self.warmups = {"started": 0, "completed": 0, "cancelled": 0, "skipped": 0,
+                        "tokens": 0}  # read by /metrics; written by the worker only
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._running: Job | None = None
@@ -86,6 +96,8 @@ class Scheduler:
                 raise QueueFull(f"{len(self._queue)} requests are already waiting")
             self._queue.append(job)
             self._live.add(job)
+            if self._warm_cancel is not None:
+                self._warm_cancel.set()  # the request goes first; the warm-up resumes later
             self._cond.notify()
         return job
 
@@ -122,12 +134,44 @@ class Scheduler:
     def live_jobs(self) -> int:
         return len(self._live)
 
+    @property
+    def warming(self) -> bool:
+        """True while a speculative warm-up runs."""
+        return self._warm_cancel is not None
+
+    @property
+    def pending_warmups(self) -> int:
+        return len(self._pending)
+
+    def hold_warmups(self, held: bool = True) -> None:
+        """Start no warm-ups while held (a running one is cancelled, keeping its work and
+        staying pending); release to let them run again."""
+        with self._cond:
+            self._held = held
+            if held and self._warm_cancel is not None:
+                self._warm_cancel.set()
+            self._cond.notify_all()
+
+    def wait_warmups_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until no warm-up runs; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._warm_cancel is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
     def stop(self, cancel_running: bool = False) -> None:
         """Take no more work; drop what is queued; optionally cancel the running job."""
         with self._cond:
             self._stopping = True
             queued = list(self._queue)
             self._queue.clear()
+            self._pending.clear()
+            if self._warm_cancel is not None:
+                self._warm_cancel.set()
             running = self._running
             self._cond.notify_all()
         for job in queued:
@@ -145,18 +189,68 @@ class Scheduler:
     # ---- the worker thread ----
     def _work(self) -> None:
         while True:
+            warm = None
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._stopping and not self._can_warm():
                     self._cond.wait()
-                if not self._queue:
+                if self._stopping and not self._queue:
                     return
-                job = self._running = self._queue.popleft()
+                if self._queue:
+                    job = self._running = self._queue.popleft()
+                else:
+                    job = None
+                    warm = self._pending.popitem(last=False)
+                    self._warm_cancel = threading.Event()
+            if warm is not None:
+                self._warm(*warm)
+                continue
             try:
                 self._run(job)
             finally:
                 with self._cond:
                     self._running = None
+                    self._expect(job)
                 job = None  # keep no reference to a finished job while idle
+
+    def _can_warm(self) -> bool:
+        return bool(self._pending) and not self._held
+
+    def _expect(self, job: Job) -> None:
+        """After a job (lock held): remember the start of its client's next prompt."""
+        if not self.speculate or job.cancel.is_set() or job.started_at is None:
+            return
+        text = next_line_prefix(job.prompt)
+        if text is None:
+            return
+        self._pending.pop(job.client, None)
+        self._pending[job.client] = text  # newest last; replaces the client's older one
+
+    def _warm(self, client, text: str) -> None:
+        cancel = self._warm_cancel
+        self.warmups["started"] += 1
+        try:
+            result = self.generator.warm(text, cancel)
+        except Exception:  # a warm-up is an optimisation: never let it stop the worker
+            log.exception("speculative warm-up failed")
+            result = None
+        finally:
+            with self._cond:
+                self._warm_cancel = None
+                self._cond.notify_all()
+        if result is None:
+            return
+        self.warmups["tokens"] += result.computed_tokens
+        if result.skipped:
+            self.warmups["skipped"] += 1
+        elif result.cancelled:
+            self.warmups["cancelled"] += 1
+            with self._cond:  # try again later unless a newer one replaced it
+                if not self._stopping:
+                    self._pending.setdefault(client, text)
+                    self._pending.move_to_end(client, last=False)
+        else:
+            self.warmups["completed"] += 1
+        log.debug("warm-up: %s", result)
 
     def _run(self, job: Job) -> None:
         if job.cancel.is_set():

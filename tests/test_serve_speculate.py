@@ -1,0 +1,227 @@
+"""Speculative warm-ups: the next line's prompt start, computed while the server is idle."""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+import serve.server
+from bench.typing_session import fauxpilot_prompt
+from engine import load
+from engine.sampling import SamplingParams
+from serve.cli import main
+from serve.speculate import next_line_prefix
+from serve.testing import FakeGenerator, LiveServer
+
+# 200 short, distinct lines: past line 150 the extension's prompt is a moving window
+DOC = "".join(f"v{i} = {i % 7}\n" if i % 5 else f"def f{i}(x):\n" for i in range(200))
+LINES = DOC.split("\n")
+
+
+def prompt_on(line: int, typed: str) -> str:
+    """The extension's prompt with the cursor on `line` (0-based) after typing `typed`."""
+    return fauxpilot_prompt("\n".join(LINES[:line]) + "\n" + typed)
+
+
+def test_prediction_is_the_start_of_the_next_lines_prompt():
+    for line in (151, 160, 180):
+        now = prompt_on(line, LINES[line][:3])
+        later = prompt_on(line + 1, "    ")
+        guess = next_line_prefix(now)
+        assert guess is not None and later.startswith(guess)
+        assert guess.endswith("\n") and len(later) - len(guess) < 30
+        assert later.count("\n") == guess.count("\n") + 1  # only the new line is missing
+
+
+def test_prediction_needs_the_window_shape():
+    assert next_line_prefix(prompt_on(120, "x")) is None  # whole document: no window yet
+    assert next_line_prefix(DOC) is None  # more lines than the window
+    assert next_line_prefix(None) is None and next_line_prefix([1, 2, 3]) is None
+    lines = ["h0", "h1", "w0", "w1", "w2", "cur"]
+    assert next_line_prefix("\n".join(lines), head_lines=2, window_lines=3) == "h0\nh1\nw1\nw2\n"
+    assert next_line_prefix("\n".join(lines), head_lines=2, window_lines=2) is None
+
+
+@pytest.fixture(scope="module")
+def gens():
+    return load("random:tiny"), load("random:tiny", prefix_cache_bytes=0)
+
+
+GREEDY = SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True)
+
+
+def test_warm_makes_the_next_line_reuse_the_prediction(gens):
+    gen, plain = gens
+    now = prompt_on(170, LINES[170][:4])
+    gen.generate(now, GREEDY)
+    guess = next_line_prefix(now)
+    warm = gen.warm(guess, chunk=64)
+    n = len(gen.encode(guess))
+    assert (warm.prompt_tokens, warm.cancelled, warm.skipped) == (n, False, None)
+    assert warm.computed_tokens > 0 and warm.reused_tokens + warm.computed_tokens == n
+    assert gen.warm(guess).skipped == "cached"  # again: nothing to do
+    again = gen.generate(now + "x", GREEDY)  # the current line's own entry survived
+    assert again.reused_tokens >= len(gen.encode(now)) - 2
+    later = prompt_on(171, "    ")
+    result = gen.generate(later, GREEDY)
+    assert result.reused_tokens >= n - 2  # byte tokens: all of the prediction
+    assert result.choices[0].token_ids == plain.generate(later, GREEDY).choices[0].token_ids
+
+
+def test_warm_stops_between_chunks_and_keeps_its_work(gens):
+    gen, _ = gens
+
+    class AfterTwoChecks(threading.Event):
+        def __init__(self):
+            super().__init__()
+            self.checks = 0
+
+        def is_set(self):
+            self.checks += 1
+            return self.checks > 2
+
+    guess = next_line_prefix(prompt_on(185, "y"))
+    first = gen.warm(guess, AfterTwoChecks(), chunk=100)
+    assert first.cancelled and first.computed_tokens == 200
+    rest = gen.warm(guess, chunk=100)
+    assert rest.reused_tokens == 200 and not rest.cancelled
+    assert rest.reused_tokens + rest.computed_tokens == len(gen.encode(guess))
+
+
+def test_warm_does_nothing_without_a_prefix_cache(gens):
+    _, plain = gens
+    assert plain.warm("anything\n").skipped == "no-cache"
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+BODY = {"max_tokens": 3, "temperature": 0, "stop": ["\n"]}
+
+
+def test_server_warms_the_next_line_while_idle(gens):
+    gen, _ = gens
+    with LiveServer(gen) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        c.post("/v1/completions", json={**BODY, "prompt": prompt_on(160, LINES[160][:2])})
+        wait_for(lambda: metric(c, 'cgserve_warmups_total{outcome="completed"}') >= 1)
+        assert metric(c, "cgserve_warmups_started_total") >= 1
+        assert metric(c, "cgserve_warmup_tokens_computed_total") > 0
+        assert metric(c, "cgserve_warmup_running") == 0
+        guess = next_line_prefix(prompt_on(160, LINES[160][:2]))
+        answer = c.post("/v1/completions", json={**BODY, "prompt": prompt_on(161, "")}).json()
+        assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] >= len(guess) - 2
+
+
+def test_outputs_are_the_same_with_and_without_speculation():
+    texts = {}
+    for speculate in (True, False):
+        gen = load("random:tiny")
+        with LiveServer(gen, speculate=speculate) as live, \
+                httpx.Client(base_url=live.url, timeout=60) as c:
+            out = []
+            for line in (175, 176, 177):
+                for typed in ("", LINES[line][:3]):
+                    body = {**BODY, "max_tokens": 6, "stop": [], "prompt": prompt_on(line, typed)}
+                    out.append(c.post("/v1/completions", json=body).json()["choices"][0]["text"])
+                    if speculate:  # let the warm-up finish, so the next line uses it
+                        wait_for(lambda: metric(c, "cgserve_warmup_running") == 0
+                                 and metric(c, "cgserve_warmups_pending") == 0)
+            warmed = metric(c, 'cgserve_warmups_total{outcome="completed"}')
+            assert (warmed > 0) == speculate
+        texts[speculate] = out
+    assert texts[True] == texts[False]
+
+
+class SlowWarmFake(FakeGenerator):
+    """A fake engine whose warm-up takes 10 s in 20 ms chunks unless cancelled."""
+
+    prefix_cache = object()
+
+    def __init__(self):
+        super().__init__(context_length=4096)
+        self.warms: list[str] = []
+        self.warming = threading.Event()
+
+    def warm(self, text, cancel=None, chunk=None):
+        from engine.generate import WarmResult
+
+        self.warms.append(text)
+        self.warming.set()
+        for step in range(500):
+            if cancel.is_set():
+                return WarmResult(1, 0, step, cancelled=True)
+            time.sleep(0.02)
+        return WarmResult(1, 0, 500)
+
+
+def test_a_request_cancels_a_running_warm_up_and_is_answered():
+    fake = SlowWarmFake()
+    with LiveServer(fake) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        c.post("/v1/completions", json={**BODY, "prompt": prompt_on(160, "a")})
+        assert fake.warming.wait(10)
+        wait_for(lambda: metric(c, "cgserve_warmup_running") == 1)
+        t0 = time.perf_counter()
+        answer = c.post("/v1/completions", json={**BODY, "prompt": "short", "user": "other"})
+        assert answer.status_code == 200 and time.perf_counter() - t0 < 2.0
+        assert metric(c, 'cgserve_warmups_total{outcome="cancelled"}') == 1
+        wait_for(lambda: len(fake.warms) >= 2)  # resumed once the queue was empty
+        assert fake.warms[1] == fake.warms[0] == next_line_prefix(prompt_on(160, "a"))
+        # a newer prompt of the same client replaces its pending warm-up
+        c.post("/v1/completions", json={**BODY, "prompt": prompt_on(165, "b")})
+        wait_for(lambda: len(fake.warms) >= 3)
+        assert fake.warms[-1] == next_line_prefix(prompt_on(165, "b"))
+
+
+def test_hold_warmups_stops_and_holds_them():
+    fake = SlowWarmFake()
+    with LiveServer(fake) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        scheduler = live.state.scheduler
+        c.post("/v1/completions", json={**BODY, "prompt": prompt_on(160, "a")})
+        assert fake.warming.wait(10)
+        scheduler.hold_warmups(True)
+        assert scheduler.wait_warmups_stopped(5) and not scheduler.warming
+        assert scheduler.pending_warmups == 1  # kept for later
+        time.sleep(0.2)
+        assert len(fake.warms) == 1
+        scheduler.hold_warmups(False)
+        wait_for(lambda: len(fake.warms) == 2)
+
+
+def test_off_switch():
+    fake = SlowWarmFake()
+    with LiveServer(fake, speculate=False) as live, \
+            httpx.Client(base_url=live.url, timeout=30) as c:
+        c.post("/v1/completions", json={**BODY, "prompt": prompt_on(160, "a")})
+        time.sleep(0.3)
+        assert fake.warms == [] and metric(c, "cgserve_warmups_started_total") == 0
+    plain = FakeGenerator()  # no warm() / no prefix cache: never speculates
+    with LiveServer(plain) as live:
+        assert live.state.scheduler.speculate is False
+
+
+def test_cli_option_and_env_var(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(serve.server, "run", lambda config, loader: seen.update(c=config) or 0)
+    for key in [k for k in __import__("os").environ if k.startswith("CGSERVE_")]:
+        monkeypatch.delenv(key)
+    runner = CliRunner()
+    assert runner.invoke(main, ["random:tiny"]).exit_code == 0 and seen["c"].speculate is True
+    assert runner.invoke(main, ["random:tiny", "--no-speculate"]).exit_code == 0
+    assert seen["c"].speculate is False
+    monkeypatch.setenv("CGSERVE_SPECULATE", "0")
+    assert runner.invoke(main, ["random:tiny"]).exit_code == 0 and seen["c"].speculate is False
+    assert "--no-speculate" in runner.invoke(main, ["--help"]).output
