@@ -44,10 +44,14 @@ def writable_view(tensor) -> np.ndarray:
 
 
 def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
-    mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
-    var = np.mean(centred * centred, axis=-1, keepdims=True)
-    return centred * (1.0 / np.sqrt(var + eps)) * w + b
+    # ufunc reductions directly: ndarray.mean's Python wrapper costs more than the math here
+    inv_n = np.float32(1.0 / x.shape[-1])
+    centred = x - np.add.reduce(x, axis=-1, keepdims=True) * inv_n
+    var = np.add.reduce(centred * centred, axis=-1, keepdims=True) * inv_n
+    centred *= 1.0 / np.sqrt(var + np.float32(eps))
+    centred *= w
+    centred += b
+    return centred
 
 
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
