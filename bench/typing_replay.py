@@ -6,6 +6,16 @@ against one server in real time, its requests are waited for, then the same line
 against the next server.  So both modes see the same machine load, and each server's
 prefix cache sees a continuous session.  Requests are never aborted by the client
 (like the Fauxpilot extension); a newer one may supersede them on the server.
+
+Speculative warm-ups (cgserve computes a client's next-line prompt start while idle)
+run only within their own mode's segments: with several modes, each server's
+`SpeculationGate` is opened when its segment starts and closed when it ends, and
+closing waits until no warm-up runs.  So a warm-up never takes CPU from the other
+mode's server, and gets only the idle time a real typist would give it (the rest of
+its line and the start of the next), not the other mode's segment.  In-process
+servers are held (`Scheduler.hold_warmups`); a server at a URL cannot be held, so
+there closing waits until /metrics says `cgserve_warmup_running 0` (its warm-up then
+gets extra time: an optimistic bias, said in the results).
 """
 from __future__ import annotations
 
@@ -113,19 +123,55 @@ def replay_segment(url: str, mode: str, text: str, segment: Segment, max_tokens:
     return outcomes
 
 
+class SpeculationGate:
+    """Lets a server's speculative warm-ups run during its own segments only."""
+
+    def __init__(self, scheduler=None, url: str | None = None, timeout_s: float = 120.0):
+        self.scheduler, self.url, self.timeout_s = scheduler, url, timeout_s
+
+    def open(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.hold_warmups(False)
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.hold_warmups(True)
+            if not self.scheduler.wait_warmups_stopped(self.timeout_s):
+                raise BenchError("a speculative warm-up did not stop")
+            return
+        if self.url is None:
+            return
+        deadline = time.monotonic() + self.timeout_s
+        while read_metrics(self.url).get("cgserve_warmup_running", 0.0) > 0:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.url} kept running a warm-up for {self.timeout_s:.0f} s")
+            time.sleep(0.05)
+
+
 def replay(urls: dict[str, str], text: str, segments: list[Segment], max_tokens: int,
-           progress=None, max_lines: int = MAX_LINES) -> list[Outcome]:
-    """Every segment against every mode's server, interleaved; all outcomes in order."""
+           progress=None, max_lines: int = MAX_LINES,
+           gates: dict[str, SpeculationGate] | None = None) -> list[Outcome]:
+    """Every segment against every mode's server, interleaved; all outcomes in order.
+
+    `gates` (by mode): opened for the mode's segments only (see the module docstring)."""
     if not urls:
         raise BenchError("no server to replay against")
     modes = list(urls)
+    gates = gates or {}
+    for gate in gates.values():
+        gate.close()
     clock0 = time.perf_counter()
     outcomes: list[Outcome] = []
     for n, segment in enumerate(segments):
         order = modes if n % 2 == 0 else modes[::-1]
         for mode in order:
+            gate = gates.get(mode)
+            if gate is not None:
+                gate.open()
             outcomes += replay_segment(urls[mode], mode, text, segment, max_tokens, clock0,
                                        max_lines)
+            if gate is not None:
+                gate.close()
         if progress is not None:
             progress(n + 1, len(segments), outcomes)
     return outcomes

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from .errors import BenchError
 from .memory import peak_rss_bytes
-from .typing_replay import read_metrics, replay
+from .typing_replay import SpeculationGate, read_metrics, replay
 from .typing_report import render_summary, summarise, write_results
 from .typing_session import line_offsets, plan_session
 
 METRICS = ("cgserve_prompt_tokens_reused_total", "cgserve_prompt_tokens_computed_total",
            'cgserve_cancelled_total{reason="superseded"}', "cgserve_prefix_cache_bytes",
-           "cgserve_prefix_cache_budget_bytes")
+           "cgserve_prefix_cache_budget_bytes", "cgserve_warmups_started_total",
+           'cgserve_warmups_total{outcome="completed"}', 'cgserve_warmups_total{outcome="cancelled"}',
+           'cgserve_warmups_total{outcome="skipped"}', "cgserve_warmup_tokens_computed_total")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class TypingConfig:
     tokenizer: Path | None = None  # BPE files for random:<variant> (engine.load's tokenizer)
     seed: int = 0
     out: Path | None = None
+    speculate: bool = True  # in-process servers: cgserve's next-line warm-ups (--speculate)
 
     def __post_init__(self):
         if (self.url is None) == (self.model is None):
@@ -63,26 +66,32 @@ def default_out(file: Path) -> Path:
 
 @contextlib.contextmanager
 def servers(cfg: TypingConfig):
-    """{mode: base URL}; in-process cgserve instances for --model, one per mode."""
+    """({mode: base URL}, {mode: load s}, {mode: SpeculationGate}); in-process cgserve
+    instances for --model, one per mode.  Gates only with several modes (see typing_replay)."""
     if cfg.url:
         urls = {}
         for mode in cfg.modes:
             urls[mode] = cfg.baseline_url if mode == "no-reuse" and cfg.baseline_url else cfg.url
-        yield urls, {}
+        gates = {mode: SpeculationGate(url=url) for mode, url in urls.items()} \
+            if len(set(urls.values())) > 1 else {}
+        yield urls, {}, gates
         return
     from engine import load
     from serve.testing import LiveServer
 
     with contextlib.ExitStack() as stack:
-        urls, load_s = {}, {}
+        urls, load_s, gates = {}, {}, {}
         for mode in cfg.modes:
             t0 = time.perf_counter()
             generator = load(cfg.model, prefix_cache_bytes=0 if mode == "no-reuse" else None,
                              tokenizer=cfg.tokenizer)
             load_s[mode] = time.perf_counter() - t0
-            live = stack.enter_context(LiveServer(generator, model=cfg.model))
+            live = stack.enter_context(LiveServer(generator, model=cfg.model,
+                                                  speculate=cfg.speculate))
             urls[mode] = live.url
-        yield urls, load_s
+            if len(cfg.modes) > 1:
+                gates[mode] = SpeculationGate(live.state.scheduler)
+        yield urls, load_s, gates
 
 
 def run_typing(cfg: TypingConfig, log=print) -> tuple[dict, Path]:
@@ -99,7 +108,7 @@ def run_typing(cfg: TypingConfig, log=print) -> tuple[dict, Path]:
         f"per mode, {sum(s.duration_s for s in segments):.0f} s of typing per mode")
     out = cfg.out or default_out(cfg.file)
     started = datetime.now().isoformat(timespec="seconds")
-    with servers(cfg) as (urls, load_s):
+    with servers(cfg) as (urls, load_s, gates):
         before = {mode: read_metrics(url) for mode, url in urls.items()}
 
         def progress(done, total, outcomes):
@@ -108,7 +117,7 @@ def run_typing(cfg: TypingConfig, log=print) -> tuple[dict, Path]:
                               for o in recent)
             log(f"line {segments[done - 1].line + 1} ({done}/{total}): {shown}")
 
-        outcomes = replay(urls, text, segments, cfg.max_tokens, progress, cfg.max_lines)
+        outcomes = replay(urls, text, segments, cfg.max_tokens, progress, cfg.max_lines, gates)
         after = {mode: read_metrics(url) for mode, url in urls.items()}
     summary = summarise(outcomes, list(cfg.modes))
     if len(spans) > 1:  # each range on its own too: how deep in the file changes things
@@ -140,6 +149,8 @@ def environment(cfg, text, first, last, n_lines, typed, requests, started, load_
         baseline_url=cfg.baseline_url, model=cfg.model, load_s=load_s, cps=cfg.cps,
         pause_ms=list(cfg.pause_ms), pause_prob=cfg.pause_prob, max_tokens=cfg.max_tokens,
         seed=cfg.seed, git_commit=_git_commit(), peak_rss_bytes=peak_rss_bytes(),
+        speculate=cfg.speculate if cfg.model else "see the servers' settings",
+        speculation_gated=len(cfg.modes) > 1,
         max_lines=cfg.max_lines,
         prompt_rule=f"vscode-fauxpilot getPrompt: maxLines {cfg.max_lines}, LEADING_LINES_PROP "
                     f"0.21 ({int(0.21 * cfg.max_lines)} leading lines + "

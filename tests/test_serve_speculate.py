@@ -225,3 +225,28 @@ def test_cli_option_and_env_var(monkeypatch):
     monkeypatch.setenv("CGSERVE_SPECULATE", "0")
     assert runner.invoke(main, ["random:tiny"]).exit_code == 0 and seen["c"].speculate is False
     assert "--no-speculate" in runner.invoke(main, ["--help"]).output
+
+
+def test_replay_runs_warm_ups_only_within_their_own_modes_segments():
+    from bench.typing_replay import SpeculationGate, replay
+    from bench.typing_session import plan_session
+
+    warmer = SlowWarmFake()
+    seen = []  # was the warmer's warm-up running while the other server worked?
+
+    class Watching(FakeGenerator):
+        def stream(self, prompt, params, cancel=None):
+            seen.append(live_warm.state.scheduler.warming)
+            return super().stream(prompt, params, cancel)
+
+    other = Watching(context_length=1 << 16)
+    text = DOC
+    segments = plan_session(text, 160, 163, cps=200, pause_ms=(5, 10), pause_prob=0.3)
+    with LiveServer(warmer) as live_warm, LiveServer(other) as live_other:
+        gates = {"reuse": SpeculationGate(live_warm.state.scheduler),
+                 "no-reuse": SpeculationGate(live_other.state.scheduler)}
+        outcomes = replay({"reuse": live_warm.url, "no-reuse": live_other.url}, text, segments,
+                          3, gates=gates)
+        assert live_warm.state.scheduler.pending_warmups == 1  # held after the last segment
+    assert warmer.warms and seen and not any(seen)
+    assert all(o.status == 200 for o in outcomes)
