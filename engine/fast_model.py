@@ -223,7 +223,9 @@ class FastCodeGen:
                            layer.fc_out_w, layer.fc_out_b)
         return x + self._linear(attn, layer.out_w) + mlp
 
-    def _forward(self, ids: np.ndarray, cache):
+    def _forward(self, ids: np.ndarray, cache, cancel=None):
+        """Logits of the last position and the cache after `ids`; (None, cache unchanged in
+        length) when `cancel` is set between two layers (what they wrote past it is unused)."""
         paddle, F = ensure_dygraph(self._paddle), self._paddle.nn.functional
         t = ids.shape[1]
         cache = self._reserve(cache, t)
@@ -236,6 +238,8 @@ class FastCodeGen:
             if self.mixed:
                 x = x.astype(self.compute)
             for layer, layer_kv in zip(self.layers, kv):
+                if cancel is not None and cancel.is_set():
+                    return None, (kv, pos)
                 x = self._block(layer, x, layer_kv, sincos, pos)
             last = F.layer_norm(x[:, -1], [x.shape[-1]], self.ln_f_w, self.ln_f_b, self.eps)
             logits = self._linear(last, self.lm_w, self.lm_b).astype("float32").numpy()
@@ -269,14 +273,31 @@ class FastCodeGen:
     # ---- the engine's model interface ------------------------------------------------------
     supports_prefix_reuse = True
 
-    def prefill(self, ids: list[int], cache=None, start: int = 0):
-        """Run `ids[start:]` on top of `cache`, which must hold `ids[:start]` (one row)."""
+    def prefill(self, ids: list[int], cache=None, start: int = 0, cancel=None):
+        """Run `ids[start:]` on top of `cache`, which must hold `ids[:start]` (one row).
+
+        With `cancel`, stops between layers once it is set and returns (None, a cache
+        holding `ids[:start]`): a long prompt chunk need not finish to give way."""
         if cache is None or start == 0:
             cache, start = ([], 0), 0
         else:
             cache = (cache[0], start)  # positions from `start` on are overwritten
-        logits, cache = self._forward(np.asarray([ids[start:]], np.int64), cache)
-        return logits[0], cache
+        logits, cache = self._forward(np.asarray([ids[start:]], np.int64), cache, cancel)
+        return (None if logits is None else logits[0]), cache
+
+    def fork_cache(self, cache, upto: int, room: int):
+        """A new one-row cache holding the first `upto` positions of `cache` (left
+        untouched), with capacity for `room` more tokens."""
+        kv, _ = cache
+        fresh, _ = self._reserve(([], 0), upto + room)
+        for (k, v), (k_new, v_new) in zip(kv, fresh):
+            if self.host:
+                writable_view(k_new)[:, :, :upto] = readonly_view(k)[:1, :, :upto]
+                writable_view(v_new)[:, :, :upto] = readonly_view(v)[:1, :, :upto]
+            else:
+                k_new[:, :, :upto] = k[:1, :, :upto]
+                v_new[:, :, :upto] = v[:1, :, :upto]
+        return fresh, upto
 
     def param_count(self) -> int:
         tensors = [self.wte, self.ln_f_w, self.ln_f_b, self.lm_w, self.lm_b]

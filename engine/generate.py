@@ -19,8 +19,8 @@ from .stops import StopMatcher
 from .tokenizer import IncrementalDecoder
 
 TRUNCATE_STEP = 128  # over-long prompts are cut in steps of this many tokens (at most)
-PREFILL_CHUNK = 512  # with reuse, prompts run in chunks of this many tokens (cancel points)
-WARM_CHUNK = 128  # warm-ups run in chunks this small: a request waits for at most one
+PREFILL_CHUNK = 512  # with reuse, prompts run (and are kept when cancelled) in chunks of this size
+WARM_CHUNK = 128  # warm-ups keep their work in chunks this small (a cancel loses at most one)
 WARM_NEAR_TOKENS = 16  # an entry covering all but this many of a warm-up's tokens is enough
 
 
@@ -274,7 +274,9 @@ class Generator:
             if cancel.is_set():
                 break
             end = min(len(ids), done + PREFILL_CHUNK)
-            logits, cache = self.model.prefill(ids[:end], cache=cache, start=done)
+            logits, cache = self._prefill_chunk(ids, cache, done, end, cancel)
+            if logits is None:  # cancelled between two layers
+                break
             done = end
         self.prefix_cache.count(reused, done - reused)
         self._last_cache = cache
@@ -311,10 +313,11 @@ class Generator:
 
         For a prompt a later request is expected to start with (an editor's next line):
         that request then reuses it as any cached prefix.  Runs in chunks of `chunk`
-        tokens, checking `cancel` between them; a cancelled warm-up keeps what it
-        computed.  It starts only from a cached entry that holds nothing beyond the
-        shared prefix (the entry is written over from there on, and an entry another
-        prompt still needs must not lose its end).  Nothing happens without a prefix
+        tokens and stops between two layers once `cancel` is set; a cancelled warm-up
+        keeps the chunks it finished.  It starts from the cached entry sharing the
+        longest prefix: taken over when the entry holds nothing beyond that prefix,
+        otherwise its shared part is copied (`fork_cache`), so an entry a request still
+        needs (the line being typed) keeps its end.  Nothing happens without a prefix
         cache, or when the prompt would not fit the context uncut.
         """
         cancel = cancel or threading.Event()
@@ -327,41 +330,33 @@ class Generator:
             return WarmResult(len(ids), skipped="too-long")
         chunk = max(1, int(chunk))
         with self._lock:
-            best, key, lossless = self._warm_match(ids)
+            best, best_key, whole_key, whole = self.prefix_cache.match(ids)
             if best >= len(ids) - min(WARM_NEAR_TOKENS, len(ids) - 1):
                 return WarmResult(len(ids), best, skipped="cached")
             cache, done = None, 0
-            if key is not None:
-                cache, done = self._warm_take(key), lossless
+            if whole_key is not None and (whole == best or not hasattr(self.model, "fork_cache")):
+                cache, done = self.prefix_cache.pop(whole_key), whole  # all of it is ours
+            elif best_key is not None and hasattr(self.model, "fork_cache"):
+                # the entry goes on beyond what we share (say, the line being typed): copy
+                # the shared part, so the entry a request still needs keeps its end
+                cache, done = self.model.fork_cache(self.prefix_cache.peek(best_key), best,
+                                                    len(ids) - best), best
             reused = done
             while done < len(ids) and not cancel.is_set():
                 end = min(len(ids), done + chunk)
-                _, cache = self.model.prefill(ids[:end], cache=cache, start=done)
+                logits, cache = self._prefill_chunk(ids, cache, done, end, cancel)
+                if logits is None:
+                    break
                 done = end
             self._keep(ids[:done], cache)
         return WarmResult(len(ids), reused, done - reused, cancelled=done < len(ids))
 
-    def _warm_match(self, ids: list[int]) -> tuple[int, int | None, int]:
-        """(longest cached prefix of `ids` over all entries, the key of the longest entry that
-        is itself a prefix of `ids`, its length)."""
-        from .prefix_cache import common_prefix
-
-        want = np.asarray(ids, dtype=np.int64)
-        cache = self.prefix_cache
-        best, key, lossless = 0, None, 0
-        with cache._lock:
-            for k, entry in cache._entries.items():
-                n = common_prefix(entry.tokens, want)
-                best = max(best, n)
-                if n == len(entry.tokens) and n > lossless:
-                    key, lossless = k, n
-        return best, key, lossless
-
-    def _warm_take(self, key: int):
-        cache = self.prefix_cache
-        with cache._lock:
-            entry = cache._entries.pop(key, None)
-        return entry.cache if entry is not None else None
+    def _prefill_chunk(self, ids: list[int], cache, start: int, end: int,
+                       cancel: threading.Event):
+        """`ids[start:end]` on top of `cache`; logits None when `cancel` stopped it part way."""
+        if getattr(self.model, "supports_prefix_reuse", False):
+            return self.model.prefill(ids[:end], cache=cache, start=start, cancel=cancel)
+        return self.model.prefill(ids[:end], cache=cache, start=start)
 
     def _advance(self, state: _ChoiceState, logits: np.ndarray, params: SamplingParams,
                  now: float, last: bool) -> tuple[int, TokenEvent]:

@@ -70,6 +70,34 @@ class PrefixCache:
                 return None, 0
             return self._entries.pop(best).cache, best_len
 
+    def match(self, ids: list[int]) -> tuple[int, int | None, int | None, int]:
+        """(longest prefix of `ids` any entry shares, that entry's key, the key of the longest
+        entry that is itself a prefix of `ids`, its length); keys for `peek`/`pop`."""
+        want = np.asarray(ids, dtype=np.int64)
+        best, best_key, whole_key, whole = 0, None, None, 0
+        with self._lock:
+            for key, entry in self._entries.items():
+                n = common_prefix(entry.tokens, want)
+                if n > best:
+                    best, best_key = n, key
+                if n == len(entry.tokens) and n > whole:
+                    whole_key, whole = key, n
+        return best, best_key, whole_key, whole
+
+    def peek(self, key: int) -> object | None:
+        """The cache of entry `key`, left in place (read it, never write into it)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry.cache if entry is not None else None
+
+    def pop(self, key: int) -> object | None:
+        """Remove entry `key` and return its cache (the caller now owns it)."""
+        with self._lock:
+            entry = self._entries.pop(key, None)
+        return entry.cache if entry is not None else None
+
     def put(self, tokens: list[int], cache: object, nbytes: int) -> None:
         if nbytes > self.budget_bytes:
             if not self._warned:

@@ -71,24 +71,72 @@ def test_warm_makes_the_next_line_reuse_the_prediction(gens):
     assert result.choices[0].token_ids == plain.generate(later, GREEDY).choices[0].token_ids
 
 
-def test_warm_stops_between_chunks_and_keeps_its_work(gens):
+def test_warm_stops_between_chunks_and_keeps_its_work(gens, monkeypatch):
+    gen, _ = gens
+    cancel, chunks = threading.Event(), []
+    real = gen.model.prefill
+
+    def prefill(*args, **kwargs):  # cancel once two chunks have finished
+        out = real(*args, **kwargs)
+        chunks.append(out)
+        if len(chunks) == 2:
+            cancel.set()
+        return out
+
+    monkeypatch.setattr(gen.model, "prefill", prefill)
+    guess = next_line_prefix(prompt_on(185, "y"))
+    first = gen.warm(guess, cancel, chunk=100)
+    assert first.cancelled and first.computed_tokens == 200
+    monkeypatch.undo()
+    rest = gen.warm(guess, chunk=100)
+    assert rest.reused_tokens == first.reused_tokens + 200 and not rest.cancelled
+    assert rest.reused_tokens + rest.computed_tokens == len(gen.encode(guess))
+
+
+def test_warm_stops_within_a_chunk_between_layers(gens):
+    """A set cancel stops the running chunk at the next layer; only whole chunks are kept."""
     gen, _ = gens
 
-    class AfterTwoChecks(threading.Event):
-        def __init__(self):
+    class AfterChecks(threading.Event):
+        def __init__(self, n):
             super().__init__()
-            self.checks = 0
+            self.n = n
 
         def is_set(self):
-            self.checks += 1
-            return self.checks > 2
+            self.n -= 1
+            return self.n < 0
 
-    guess = next_line_prefix(prompt_on(185, "y"))
-    first = gen.warm(guess, AfterTwoChecks(), chunk=100)
-    assert first.cancelled and first.computed_tokens == 200
+    guess = next_line_prefix(prompt_on(188, "z"))
+    first = gen.warm(guess, AfterChecks(2), chunk=100)  # the loop's check, then layer 0 runs
+    assert first.cancelled and first.computed_tokens == 0
     rest = gen.warm(guess, chunk=100)
-    assert rest.reused_tokens == 200 and not rest.cancelled
-    assert rest.reused_tokens + rest.computed_tokens == len(gen.encode(guess))
+    assert not rest.cancelled and rest.reused_tokens == first.reused_tokens
+    _, plain = gens
+    later = prompt_on(189, "")
+    assert gen.generate(later, GREEDY).choices[0].token_ids == \
+        plain.generate(later, GREEDY).choices[0].token_ids
+
+
+def test_warm_copies_the_shared_part_of_a_longer_entry(gens):
+    """The current line's entry goes on past the prediction: the warm-up copies the shared
+    part instead of recomputing it, and the entry keeps its end."""
+    gen, _ = gens
+    now = prompt_on(192, LINES[192][:4])
+    gen.generate(now, GREEDY)
+    guess = next_line_prefix(now)
+    shared = gen.prefix_cache.match(gen.encode(guess))[0]
+    warm = gen.warm(guess)
+    assert warm.reused_tokens == shared > 0  # the head, copied from the current line's entry
+    again = gen.generate(now + "x", GREEDY)
+    assert again.reused_tokens >= len(gen.encode(now)) - 2
+    # the warmed entry holds exactly what a fresh prefill computes: same logits after it
+    later = gen.encode(prompt_on(193, "if x"))
+    n, key, _, _ = gen.prefix_cache.match(later)
+    assert n >= len(gen.encode(guess)) - 2
+    cache = gen.model.fork_cache(gen.prefix_cache.peek(key), n, len(later) - n)
+    continued, _ = gen.model.prefill(later, cache=cache, start=n)
+    fresh, _ = gen.model.prefill(later)
+    assert float(((continued - fresh) ** 2).mean() / (fresh ** 2).mean()) <= 1e-10
 
 
 def test_warm_does_nothing_without_a_prefix_cache(gens):
