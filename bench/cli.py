@@ -191,11 +191,14 @@ def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, a
 @click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path),
               help="With --model random:<variant>: BPE tokenizer directory to pair with the random "
                    "weights (`cgbench train-tokenizer`) instead of one token per byte.")
+@click.option("--speculate/--no-speculate", default=True, show_default=True,
+              help="With --model: the reuse server warms the next line's prompt start while "
+                   "idle (cgserve --speculate).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(path_type=Path), help="Directory (default results/typing-<file>-<time>).")
 @user_errors
 def typing(file, url, baseline_url, model, mode, cps, pause_ms, pause_prob, max_tokens,
-           max_lines, lines, tokenizer, seed, out):
+           max_lines, lines, tokenizer, speculate, seed, out):
     """Replay typing FILE; a Fauxpilot-shaped request at every pause; latency as users feel it."""
     from .errors import BenchError
     from .typing_run import TypingConfig, run_typing
@@ -213,7 +216,8 @@ def typing(file, url, baseline_url, model, mode, cps, pause_ms, pause_prob, max_
     cfg = TypingConfig(file=file, modes=modes, url=url, baseline_url=baseline_url, model=model,
                        cps=cps, pause_ms=(lo, hi), pause_prob=pause_prob, max_tokens=max_tokens,
                        max_lines=max_lines, lines=spans[0] if spans else None,
-                       more_lines=tuple(spans[1:]), tokenizer=tokenizer, seed=seed, out=out)
+                       more_lines=tuple(spans[1:]), tokenizer=tokenizer, speculate=speculate,
+                       seed=seed, out=out)
     summary, _ = run_typing(cfg, log=lambda line: click.echo(line, err=True))
     if not any(m["answered"] for m in summary["modes"].values()):
         raise SystemExit(1)
