@@ -20,7 +20,7 @@ from .tokenizer import IncrementalDecoder
 
 TRUNCATE_STEP = 128  # over-long prompts are cut in steps of this many tokens (at most)
 PREFILL_CHUNK = 512  # with reuse, prompts run (and are kept when cancelled) in chunks of this size
-WARM_CHUNK = 128  # warm-ups keep their work in chunks this small (a cancel loses at most one)
+WARM_CHUNK = 64  # warm-ups keep their work in chunks this small (a cancel loses at most one)
 WARM_NEAR_TOKENS = 16  # an entry covering all but this many of a warm-up's tokens is enough
 
 
