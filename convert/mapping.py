@@ -6,6 +6,7 @@ transposed.  No q/k/v reordering is needed (both use the same 4-shard layout).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,9 @@ from engine.errors import ConfigError
 
 from .configs import config_files
 from .errors import SourceError
-from .output import OutTensor, staging_dir, write_weights
-from .tensors import (BF16, WEIGHT_DTYPES, SourceTensor, bf16_bits_to_f32, cast_array,
-                      overflow_count, transpose2d)
+from .output import PIECE_BYTES, OutTensor, Piece, Scratch, staging_dir, write_weights
+from .tensors import (BF16, WEIGHT_DTYPES, MappedData, SourceTensor, bf16_bits_to_f32, cast_array,
+                      overflow_count, transpose2d, transpose_into)
 
 TRANSPOSED_SUFFIXES = (".attn.qkv_proj.weight", ".attn.out_proj.weight", ".mlp.fc_in.weight",
                        ".mlp.fc_out.weight")
@@ -95,8 +96,10 @@ def plan_weights(tensors: dict[str, SourceTensor], config: ModelConfig, dtype: s
                     "use the config that came with these weights")
             raise ConfigError(f"{src.origin or where}: {name} has shape {list(src.shape)} but "
                               f"{config.source} implies {list(want)}; {hint}")
+        pieces = (_mapped_pieces(src, flip, progress) if src.map is not None and src.dtype == dtype
+                  else None)
         plan.tensors.append(OutTensor(name, shape, np_dtype,
-                                      _producer(src, dtype, flip, plan, progress)))
+                                      _producer(src, dtype, flip, plan, progress), pieces))
     return plan
 
 
@@ -118,6 +121,60 @@ def _producer(src: SourceTensor, dtype: str, flip: bool, plan: WeightPlan,
         return out
 
     return produce
+
+
+def _rows_per_piece(row_bytes: int) -> int:
+    """Output rows of a transposed tensor per piece: about PIECE_BYTES, a multiple of 16 (whole
+    64-byte cache lines of float32 source rows are read)."""
+    rows = max(1, PIECE_BYTES // row_bytes)
+    return rows - rows % 16 if rows > 16 else rows
+
+
+def _mapped_pieces(src: SourceTensor, flip: bool, progress: Progress | None
+                   ) -> Callable[[], list[Piece]]:
+    """The pieces of a tensor kept in its stored dtype, from a view of the source file (no copy).
+
+    Unchanged tensors are written straight from the view, in pieces of up to PIECE_BYTES;
+    transposed ones are transposed from the view into the piece's scratch buffer, a block of output
+    rows at a time.  A .bin storage's CRC is checked a part per piece, in the checker thread
+    (Scratch.verify), the last part comparing.  The file is mapped by the first piece (in the
+    producer thread) and let go after the last piece and its CRC part.
+    """
+    def pieces() -> list[Piece]:
+        held: list[MappedData] = []
+
+        def data() -> MappedData:
+            if not held:
+                held.append(src.map())
+            return held[0]
+
+        if flip:
+            rows, cols = src.shape  # Hugging Face's [out, in]; Paddle's is [in, out] = [cols, rows]
+            per = _rows_per_piece(src.nbytes // cols)
+            n = -(-cols // per)
+        else:
+            n = max(1, -(-src.nbytes // PIECE_BYTES))
+
+        def piece(i: int, scratch: Scratch) -> np.ndarray:
+            m = data()
+            if flip:
+                c0, c1 = i * per, min(cols, (i + 1) * per)
+                out = scratch.buffer((c1 - c0) * rows * m.array.itemsize).view(m.array.dtype)
+                out = transpose_into(m.array[:, c0:c1], out.reshape(c1 - c0, rows), scratch.panel)
+            else:
+                flat = m.array.reshape(-1).view(np.uint8)
+                out = flat[len(flat) * i // n: len(flat) * (i + 1) // n]
+            if m.crc is not None:
+                scratch.verify(functools.partial(m.crc.part, i, n))
+            if i == n - 1:
+                held.clear()
+                if progress:
+                    progress(src.name, src.nbytes)
+            return out
+
+        return [functools.partial(piece, i) for i in range(n)]
+
+    return pieces
 
 
 def build_model_dir(dst: Path, plan: WeightPlan, config: ModelConfig, fmt: str,

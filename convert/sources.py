@@ -1,6 +1,7 @@
 """Lazy readers for weight files: safetensors (header only until loaded), .bin, .pdparams, shards."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ from engine.errors import WeightFileError
 from engine.weights import safetensors_header
 
 from .errors import SourceError
-from .tensors import BF16, SourceTensor, stored_dtype_name
+from .filemap import map_range
+from .tensors import BF16, MappedData, SourceTensor, stored_dtype_name
 from .torch_pickle import read_torch_bin
 
 _ST_NP = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "U16": "<u2", "I64": "<i8",
@@ -29,8 +31,22 @@ def read_safetensors_lazy(path: Path) -> dict[str, SourceTensor]:
                                           "copy it again")
             return arr.astype(arr.dtype.newbyteorder("=")) if not arr.dtype.isnative else arr
         dtype = BF16 if dt in ("BF16", "U16") else np.dtype(_ST_NP[dt]).name
-        out[name] = SourceTensor(name, shape, dtype, load, str(path))
+        out[name] = SourceTensor(name, shape, dtype, load, str(path),
+                                 _st_mapper(path, name, np.dtype(_ST_NP[dt]), shape, start + begin))
     return out
+
+
+def _st_mapper(path: Path, name: str, np_dtype: np.dtype, shape: tuple[int, ...], offset: int):
+    """The zero-copy reader of a safetensors tensor, where one applies (else None)."""
+    if not np_dtype.isnative or not math.prod(shape):
+        return None
+
+    def map_() -> MappedData:
+        data = map_range(path, offset, math.prod(shape) * np_dtype.itemsize,
+                         f"file is truncated (tensor {name!r} is short); copy it again")
+        return MappedData(data.view(np_dtype).reshape(shape))
+
+    return map_
 
 
 def read_pdparams_eager(path: Path) -> dict[str, SourceTensor]:

@@ -17,14 +17,15 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from engine.errors import WeightFileError
 from engine.weights import AllowListUnpickler, RefusedPickle
 
-from .tensors import BF16, SourceTensor
+from .filemap import CrcCheck, map_range
+from .tensors import BF16, MappedData, SourceTensor
 
 # torch storage type name -> (numpy dtype of the stored bytes, weight dtype name)
 STORAGE_DTYPES: dict[str, tuple[str, str]] = {
@@ -138,52 +139,83 @@ def _byteorder(zf: zipfile.ZipFile, prefix: str) -> str:
         return "little"
 
 
-def _read_member(path: Path, info: zipfile.ZipInfo, key: str, nbytes: int,
-                 np_dtype: np.dtype) -> np.ndarray:
-    """A storage's bytes straight into a numpy array (stored members), CRC checked."""
+def _check_size(path: Path, info: zipfile.ZipInfo, key: str, nbytes: int) -> None:
     if info.file_size != nbytes:
         raise WeightFileError(f"{path}: storage {key!r} has {info.file_size} bytes, its "
                               f"tensor needs {nbytes}; the file is corrupt, copy it again")
+
+
+def _member_data(path: Path, f: IO[bytes], info: zipfile.ZipInfo, key: str) -> int:
+    """Where a stored member's bytes start in the file, after checking its local header."""
+    f.seek(info.header_offset)
+    header = f.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise WeightFileError(f"{path}: storage {key!r} has a damaged zip header; copy the "
+                              "file again")
+    skip = int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    return info.header_offset + 30 + skip
+
+
+def _crc_error(path: Path, key: str) -> str:
+    return f"{path}: storage {key!r} fails its CRC check; the file is corrupt, copy it again"
+
+
+def _read_member(path: Path, info: zipfile.ZipInfo, key: str, nbytes: int,
+                 np_dtype: np.dtype) -> np.ndarray:
+    """A storage's bytes straight into a numpy array (stored members), CRC checked."""
+    _check_size(path, info, key, nbytes)
     if info.compress_type != zipfile.ZIP_STORED:  # torch.save never compresses; be general
         with zipfile.ZipFile(path) as zf:
             return np.frombuffer(zf.read(info), dtype=np_dtype)
     with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        header = f.read(30)
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
-            raise WeightFileError(f"{path}: storage {key!r} has a damaged zip header; copy the "
-                                  "file again")
-        skip = int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
-        f.seek(info.header_offset + 30 + skip)
+        f.seek(_member_data(path, f, info, key))
         arr = np.empty(nbytes // np_dtype.itemsize, dtype=np_dtype)
         if f.readinto(memoryview(arr).cast("B")) != nbytes:
             raise WeightFileError(f"{path}: file is truncated (storage {key!r} is short); copy it "
                                   "again")
     if zlib.crc32(memoryview(arr).cast("B")) != info.CRC:
-        raise WeightFileError(f"{path}: storage {key!r} fails its CRC check; the file is corrupt, "
-                              "copy it again")
+        raise WeightFileError(_crc_error(path, key))
     return arr
+
+
+def _map_member(path: Path, info: zipfile.ZipInfo, key: str, nbytes: int) -> tuple[np.ndarray, CrcCheck]:
+    """A stored member's bytes as a read-only view of the file, with its CRC still to check."""
+    _check_size(path, info, key, nbytes)
+    with open(path, "rb") as f:
+        start = _member_data(path, f, info, key)
+    data = map_range(path, start, nbytes, f"file is truncated (storage {key!r} is short); copy it "
+                     "again")
+    return data, CrcCheck(data, info.CRC, _crc_error(path, key))
+
+
+_READ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError)
+
+
+def _unreadable(path: Path, key: str, e: Exception) -> WeightFileError:
+    return WeightFileError(f"{path}: storage {key!r} cannot be read ({e}); the file is "
+                           "truncated or corrupt, copy it again")
+
+
+def _dense(ref: _TensorRef) -> bool:
+    """Whether the tensor is one C-contiguous run of its storage."""
+    contiguous = tuple(int(math.prod(ref.shape[i + 1:])) for i in range(len(ref.shape)))
+    return all(s == c or d == 1 for s, c, d in zip(ref.stride, contiguous, ref.shape))
 
 
 def _loader(path: Path, ref: _TensorRef, byteorder: str, members: dict[str, zipfile.ZipInfo]):
     def load() -> np.ndarray:
         st = ref.storage
         np_dtype = np.dtype(st.np_dtype).newbyteorder("<" if byteorder == "little" else ">")
-        info = members.get(st.key)
-        if info is None:
-            raise WeightFileError(f"{path}: storage {st.key!r} is missing from the zip; the file is "
-                                  "incomplete, copy it again")
+        info = _member(path, members, st.key)
         try:
             data = _read_member(path, info, st.key, st.numel * np_dtype.itemsize, np_dtype)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-            raise WeightFileError(f"{path}: storage {st.key!r} cannot be read ({e}); the file is "
-                                  "truncated or corrupt, copy it again") from None
+        except _READ_ERRORS as e:
+            raise _unreadable(path, st.key, e) from None
         n = math.prod(ref.shape)
         item = np_dtype.itemsize
-        contiguous = tuple(int(math.prod(ref.shape[i + 1:])) for i in range(len(ref.shape)))
         if n == 0:
             arr = np.zeros(ref.shape, data.dtype)
-        elif all(s == c or d == 1 for s, c, d in zip(ref.stride, contiguous, ref.shape)):
+        elif _dense(ref):
             arr = data[ref.offset: ref.offset + n].reshape(ref.shape)
         else:
             arr = np.ascontiguousarray(np.lib.stride_tricks.as_strided(
@@ -193,6 +225,35 @@ def _loader(path: Path, ref: _TensorRef, byteorder: str, members: dict[str, zipf
         return arr
 
     return load
+
+
+def _member(path: Path, members: dict[str, zipfile.ZipInfo], key: str) -> zipfile.ZipInfo:
+    info = members.get(key)
+    if info is None:
+        raise WeightFileError(f"{path}: storage {key!r} is missing from the zip; the file is "
+                              "incomplete, copy it again")
+    return info
+
+
+def _mapper(path: Path, ref: _TensorRef, byteorder: str, members: dict[str, zipfile.ZipInfo]):
+    """The zero-copy reader of a tensor, where one applies (else None: use its loader)."""
+    np_dtype = np.dtype(ref.storage.np_dtype).newbyteorder("<" if byteorder == "little" else ">")
+    info = members.get(ref.storage.key)
+    if (not np_dtype.isnative or not math.prod(ref.shape) or not _dense(ref) or info is None
+            or info.compress_type != zipfile.ZIP_STORED):
+        return None
+
+    def map_() -> MappedData:
+        st = ref.storage
+        try:
+            data, crc = _map_member(path, info, st.key, st.numel * np_dtype.itemsize)
+        except _READ_ERRORS as e:
+            raise _unreadable(path, st.key, e) from None
+        n = math.prod(ref.shape)
+        arr = data.view(np_dtype)[ref.offset: ref.offset + n].reshape(ref.shape)
+        return MappedData(arr, crc)
+
+    return map_
 
 
 def read_torch_bin(path: Path) -> dict[str, SourceTensor]:
@@ -223,6 +284,7 @@ def read_torch_bin(path: Path) -> dict[str, SourceTensor]:
         if not isinstance(name, str) or not isinstance(ref, _TensorRef):
             raise WeightFileError(f"{path}: entry {name!r} is not a tensor; this is not a plain "
                                   "state dict")
-        out[name] = SourceTensor(name, ref.shape, ref.storage.dtype, _loader(path, ref, byteorder, members),
-                                 str(path))
+        out[name] = SourceTensor(name, ref.shape, ref.storage.dtype,
+                                 _loader(path, ref, byteorder, members), str(path),
+                                 _mapper(path, ref, byteorder, members))
     return out
