@@ -208,9 +208,11 @@ class Scheduler:
                 self._run(job)
             finally:
                 with self._cond:
-                    self._running = None
                     self._expect(job)
-                job = None  # keep no reference to a finished job while idle
+                    # drop this frame's reference before the job stops counting as running,
+                    # so once `busy` is False nothing here keeps the finished job alive
+                    job = None
+                    self._running = None
 
     def _can_warm(self) -> bool:
         return bool(self._pending) and not self._held

@@ -99,7 +99,7 @@ def test_real_run_serves_then_stops_on_sigterm():
         assert f"{url}/v1/engines" in fauxpilot
         request = urllib.request.Request(
             url + "/v1/engines/codegen/completions", method="POST",
-            data=json.dumps({"prompt": "def f(", "max_tokens": 4}).encode(),
+            data=json.dumps({"prompt": "def f(", "max_tokens": 4, "temperature": 0}).encode(),
             headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             assert json.loads(response.read())["usage"]["completion_tokens"] == 4
