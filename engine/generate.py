@@ -259,28 +259,35 @@ class Generator:
     def _prefill(self, ids: list[int], cancel: threading.Event):
         """Run the prompt, starting from the longest cached prefix when there is one.
 
-        With a prefix cache the prompt runs in chunks, checking `cancel` between them;
-        a cancelled prefill keeps what it computed for the next request.  Returns
-        (logits or None when cancelled, cache, reused tokens, tokens the cache holds).
+        With a prefix cache the prompt runs in chunks (`_run_chunks`); a cancelled
+        prefill keeps what it computed for the next request.  Returns (logits or None
+        when cancelled, cache, reused tokens, tokens the cache holds).
         """
         if self.prefix_cache is None:
             logits, cache = self.model.prefill(ids)
             self._last_cache = cache
             return logits, cache, 0, len(ids)
         cache, reused = self.prefix_cache.take(ids)
-        done = reused
-        logits = None
-        while done < len(ids):
-            if cancel.is_set():
-                break
-            end = min(len(ids), done + PREFILL_CHUNK)
-            logits, cache = self._prefill_chunk(ids, cache, done, end, cancel)
-            if logits is None:  # cancelled between two layers
-                break
-            done = end
+        logits, cache, done = self._run_chunks(ids, cache, reused, PREFILL_CHUNK, cancel)
         self.prefix_cache.count(reused, done - reused)
         self._last_cache = cache
-        return (logits if done == len(ids) else None), cache, reused, done
+        return logits, cache, reused, done
+
+    def _run_chunks(self, ids: list[int], cache, done: int, chunk: int,
+                    cancel: threading.Event):
+        """Run `ids[done:]` on top of `cache` (which holds `ids[:done]`) in chunks of
+        `chunk` tokens; once `cancel` is set the model stops between two layers and the
+        unfinished chunk is dropped.  Only models with prefix reuse get here (they take
+        `cancel`).  Returns (the last position's logits, or None unless all of `ids` ran;
+        the cache; how many tokens it holds)."""
+        logits = None
+        while done < len(ids) and not cancel.is_set():
+            end = min(len(ids), done + chunk)
+            logits, cache = self.model.prefill(ids[:end], cache=cache, start=done, cancel=cancel)
+            if logits is None:
+                break
+            done = end
+        return (logits if done == len(ids) else None), cache, done
 
     def _decode_loop(self, states, rows, cache, fed, params, cancel, start, times):
         """Sample, report and feed back one token per choice per step."""
@@ -333,30 +340,17 @@ class Generator:
             best, best_key, whole_key, whole = self.prefix_cache.match(ids)
             if best >= len(ids) - min(WARM_NEAR_TOKENS, len(ids) - 1):
                 return WarmResult(len(ids), best, skipped="cached")
-            cache, done = None, 0
-            if whole_key is not None and (whole == best or not hasattr(self.model, "fork_cache")):
-                cache, done = self.prefix_cache.pop(whole_key), whole  # all of it is ours
-            elif best_key is not None and hasattr(self.model, "fork_cache"):
+            cache, reused = None, 0
+            if whole_key is not None and whole == best:
+                cache, reused = self.prefix_cache.pop(whole_key), whole  # all of it is ours
+            elif best_key is not None:
                 # the entry goes on beyond what we share (say, the line being typed): copy
                 # the shared part, so the entry a request still needs keeps its end
-                cache, done = self.model.fork_cache(self.prefix_cache.peek(best_key), best,
-                                                    len(ids) - best), best
-            reused = done
-            while done < len(ids) and not cancel.is_set():
-                end = min(len(ids), done + chunk)
-                logits, cache = self._prefill_chunk(ids, cache, done, end, cancel)
-                if logits is None:
-                    break
-                done = end
+                cache, reused = self.model.fork_cache(self.prefix_cache.peek(best_key), best,
+                                                      len(ids) - best), best
+            _, cache, done = self._run_chunks(ids, cache, reused, chunk, cancel)
             self._keep(ids[:done], cache)
         return WarmResult(len(ids), reused, done - reused, cancelled=done < len(ids))
-
-    def _prefill_chunk(self, ids: list[int], cache, start: int, end: int,
-                       cancel: threading.Event):
-        """`ids[start:end]` on top of `cache`; logits None when `cancel` stopped it part way."""
-        if getattr(self.model, "supports_prefix_reuse", False):
-            return self.model.prefill(ids[:end], cache=cache, start=start, cancel=cancel)
-        return self.model.prefill(ids[:end], cache=cache, start=start)
 
     def _advance(self, state: _ChoiceState, logits: np.ndarray, params: SamplingParams,
                  now: float, last: bool) -> tuple[int, TokenEvent]:
