@@ -72,7 +72,6 @@ class NumpyDecoder:
     """Decode steps for a float32 FastCodeGen on CPU (see the module docstring)."""
 
     def __init__(self, model):
-        self.model = model
         a = model.config.arch
         self.n_head, self.head_dim, self.half = a.n_head, a.head_dim, a.rotary_dim // 2
         self.eps = model.eps
