@@ -9,15 +9,14 @@ its line count is the cursor's line + 1.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from serve.speculate import LEADING_LINES_PROP, MAX_LINES, window_lines
+
 from .errors import BenchError
 
-MAX_LINES = 150  # fauxpilot.maxLines default
-LEADING_LINES_PROP = 0.21  # vscode-fauxpilot src/Constants.ts
 PAUSE_AFTER = " .(,=:["  # where a typist may stop inside a line
 
 
@@ -27,8 +26,7 @@ def fauxpilot_prompt(document: str, max_lines: int = MAX_LINES,
     lines = document.split("\n")
     if len(lines) <= max_lines:
         return document
-    leading = math.floor(leading_prop * max_lines)
-    window = max_lines - leading
+    leading, window = window_lines(max_lines, leading_prop)
     cursor_line = len(lines) - 1
     first = max(cursor_line - window, 0)  # the extension would fail on a negative line
     return "\n".join(lines[:leading]) + "\n" + "\n".join(lines[first:])

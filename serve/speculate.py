@@ -11,8 +11,20 @@ one differ.  The scheduler computes that text's KV cache in the background
 """
 from __future__ import annotations
 
-HEAD_LINES = 31  # floor(0.21 * 150): vscode-fauxpilot LEADING_LINES_PROP, fauxpilot.maxLines
-WINDOW_LINES = 119  # the rest of the 150, before the cursor's line
+import math
+
+MAX_LINES = 150  # fauxpilot.maxLines default
+LEADING_LINES_PROP = 0.21  # vscode-fauxpilot src/Constants.ts
+
+
+def window_lines(max_lines: int = MAX_LINES,
+                 leading_prop: float = LEADING_LINES_PROP) -> tuple[int, int]:
+    """(head, window): the extension's leading lines and the lines before the cursor's."""
+    head = math.floor(leading_prop * max_lines)
+    return head, max_lines - head
+
+
+HEAD_LINES, WINDOW_LINES = window_lines()  # 31, 119
 
 
 def next_line_prefix(prompt, head_lines: int = HEAD_LINES,
