@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from engine.cli_common import user_errors, version_option
+from serve.speculate import LINES_AHEAD
 
 
 @click.group(help="Measure latency and memory of CodeGen variants on this machine.")
@@ -194,11 +195,14 @@ def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, a
 @click.option("--speculate/--no-speculate", default=True, show_default=True,
               help="With --model: the reuse server warms the next line's prompt start while "
                    "idle (cgserve --speculate).")
+@click.option("--speculate-lines", default=LINES_AHEAD, show_default=True, type=int,
+              help="With --model: how many coming lines the reuse server warms "
+                   "(cgserve --speculate-lines).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(path_type=Path), help="Directory (default results/typing-<file>-<time>).")
 @user_errors
 def typing(file, url, baseline_url, model, mode, cps, pause_ms, pause_prob, max_tokens,
-           max_lines, lines, tokenizer, speculate, seed, out):
+           max_lines, lines, tokenizer, speculate, speculate_lines, seed, out):
     """Replay typing FILE; a Fauxpilot-shaped request at every pause; latency as users feel it."""
     from .errors import BenchError
     from .typing_run import TypingConfig, run_typing
@@ -217,7 +221,7 @@ def typing(file, url, baseline_url, model, mode, cps, pause_ms, pause_prob, max_
                        cps=cps, pause_ms=(lo, hi), pause_prob=pause_prob, max_tokens=max_tokens,
                        max_lines=max_lines, lines=spans[0] if spans else None,
                        more_lines=tuple(spans[1:]), tokenizer=tokenizer, speculate=speculate,
-                       seed=seed, out=out)
+                       speculate_lines=speculate_lines, seed=seed, out=out)
     summary, _ = run_typing(cfg, log=lambda line: click.echo(line, err=True))
     if not any(m["answered"] for m in summary["modes"].values()):
         raise SystemExit(1)

@@ -14,6 +14,7 @@ from .memory import peak_rss_bytes
 from .typing_replay import SpeculationGate, read_metrics, replay
 from .typing_report import render_summary, summarise, write_results
 from .typing_session import line_offsets, plan_session
+from serve.speculate import LINES_AHEAD
 
 METRICS = ("cgserve_prompt_tokens_reused_total", "cgserve_prompt_tokens_computed_total",
            'cgserve_cancelled_total{reason="superseded"}', "cgserve_prefix_cache_bytes",
@@ -40,6 +41,7 @@ class TypingConfig:
     seed: int = 0
     out: Path | None = None
     speculate: bool = True  # in-process servers: cgserve's next-line warm-ups (--speculate)
+    speculate_lines: int = LINES_AHEAD  # ... for this many coming lines (--speculate-lines)
 
     def __post_init__(self):
         if (self.url is None) == (self.model is None):
@@ -56,6 +58,8 @@ class TypingConfig:
         if self.tokenizer is not None and self.url:
             raise BenchError("--tokenizer goes with --model; for --url start cgserve with "
                              "--tokenizer DIR")
+        if not 1 <= self.speculate_lines <= 8:
+            raise BenchError("--speculate-lines must be 1 to 8 (off: --no-speculate)")
         if self.more_lines and not self.lines:
             raise BenchError("further line ranges need a first one (--lines A-B,C-D)")
 
@@ -87,7 +91,8 @@ def servers(cfg: TypingConfig):
                              tokenizer=cfg.tokenizer)
             load_s[mode] = time.perf_counter() - t0
             live = stack.enter_context(LiveServer(generator, model=cfg.model,
-                                                  speculate=cfg.speculate))
+                                                  speculate=cfg.speculate,
+                                                  speculate_lines=cfg.speculate_lines))
             urls[mode] = live.url
             if len(cfg.modes) > 1:
                 gates[mode] = SpeculationGate(live.state.scheduler)
@@ -150,6 +155,7 @@ def environment(cfg, text, first, last, n_lines, typed, requests, started, load_
         pause_ms=list(cfg.pause_ms), pause_prob=cfg.pause_prob, max_tokens=cfg.max_tokens,
         seed=cfg.seed, git_commit=_git_commit(), peak_rss_bytes=peak_rss_bytes(),
         speculate=cfg.speculate if cfg.model else "see the servers' settings",
+        speculate_lines=cfg.speculate_lines if cfg.model else "see the servers' settings",
         speculation_gated=len(cfg.modes) > 1,
         max_lines=cfg.max_lines,
         prompt_rule=f"vscode-fauxpilot getPrompt: maxLines {cfg.max_lines}, LEADING_LINES_PROP "

@@ -35,7 +35,7 @@ def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str 
     CodeGenForCausalLM, which the tests compare the fast one against); both give
     the same logits to float rounding.  `prefix_cache_bytes`: KV-cache budget for
     reusing the prompts of earlier requests (fast impl only; 0 turns reuse off,
-    None: two full contexts).  `tokenizer`: with `random:<variant>`, a directory of
+    None: four full contexts).  `tokenizer`: with `random:<variant>`, a directory of
     CodeGen-layout BPE files (vocab.json, merges.txt, added_tokens.json; e.g. from
     `cgbench train-tokenizer`) to use instead of one token per byte.  Never
     contacts a hub or download server.  Raises :class:`EngineError` subclasses, each

@@ -22,6 +22,10 @@ TRUNCATE_STEP = 128  # over-long prompts are cut in steps of this many tokens (a
 PREFILL_CHUNK = 512  # with reuse, prompts run (and are kept when cancelled) in chunks of this size
 WARM_CHUNK = 64  # warm-ups keep their work in chunks this small (a cancel loses at most one)
 WARM_NEAR_TOKENS = 16  # an entry covering all but this many of a warm-up's tokens is enough
+WARM_TAKEOVER_TOKENS = 4  # a warm-up takes over an earlier warm-up's entry ending this close
+# default prefix-cache budget, in full contexts: the line being typed plus the windows of the
+# next lines that cgserve computes ahead (serve.speculate.LINES_AHEAD = 2), plus one spare
+DEFAULT_CACHE_CONTEXTS = 4
 
 
 def fit_prompt(ids: list[int], params: SamplingParams, context_length: int,
@@ -168,7 +172,7 @@ class Generator:
 
     def __init__(self, loaded, prefix_cache_bytes: int | None = None):
         """`prefix_cache_bytes`: KV-cache budget for reusing earlier prompts (0 turns reuse
-        off; None: two full contexts, where the model supports reuse)."""
+        off; None: `DEFAULT_CACHE_CONTEXTS` full contexts, where the model supports reuse)."""
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
@@ -179,7 +183,8 @@ class Generator:
         self.prefix_cache = None
         if getattr(self.model, "supports_prefix_reuse", False):
             if prefix_cache_bytes is None:
-                prefix_cache_bytes = 2 * self.context_length * self.model.kv_bytes_per_token()
+                prefix_cache_bytes = (DEFAULT_CACHE_CONTEXTS * self.context_length
+                                      * self.model.kv_bytes_per_token())
             if prefix_cache_bytes > 0:
                 self.prefix_cache = PrefixCache(prefix_cache_bytes)
         vocab = self.config.arch.vocab_size
@@ -310,9 +315,9 @@ class Generator:
             self._last_cache = cache
             fed.append(int(tokens[0]))
 
-    def _keep(self, tokens: list[int], cache) -> None:
+    def _keep(self, tokens: list[int], cache, warm: bool = False) -> None:
         if self.prefix_cache is not None and cache is not None:
-            self.prefix_cache.put(tokens, cache, self.model.cache_nbytes(cache))
+            self.prefix_cache.put(tokens, cache, self.model.cache_nbytes(cache), warm=warm)
 
     def warm(self, prompt, cancel: threading.Event | None = None,
              chunk: int = WARM_CHUNK) -> WarmResult:
@@ -322,10 +327,12 @@ class Generator:
         that request then reuses it as any cached prefix.  Runs in chunks of `chunk`
         tokens and stops between two layers once `cancel` is set; a cancelled warm-up
         keeps the chunks it finished.  It starts from the cached entry sharing the
-        longest prefix: taken over when the entry holds nothing beyond that prefix,
-        otherwise its shared part is copied (`fork_cache`), so an entry a request still
-        needs (the line being typed) keeps its end.  Nothing happens without a prefix
-        cache, or when the prompt would not fit the context uncut.
+        longest prefix: taken over when the entry holds nothing beyond that prefix, or
+        when it is an earlier warm-up's that goes on only by its last few tokens (the
+        same guess one line shorter: its final newline tokenises differently once the
+        line follows); otherwise its shared part is copied (`fork_cache`), so an entry a
+        request still needs (the line being typed) keeps its end.  Nothing happens
+        without a prefix cache, or when the prompt would not fit the context uncut.
         """
         cancel = cancel or threading.Event()
         if self.prefix_cache is None:
@@ -343,13 +350,16 @@ class Generator:
             cache, reused = None, 0
             if whole_key is not None and whole == best:
                 cache, reused = self.prefix_cache.pop(whole_key), whole  # all of it is ours
+            elif best_key is not None and self.prefix_cache.is_warm(best_key) and \
+                    self.prefix_cache.length(best_key) - best <= WARM_TAKEOVER_TOKENS:
+                cache, reused = self.prefix_cache.pop(best_key), best  # its tail is rewritten
             elif best_key is not None:
                 # the entry goes on beyond what we share (say, the line being typed): copy
                 # the shared part, so the entry a request still needs keeps its end
                 cache, reused = self.model.fork_cache(self.prefix_cache.peek(best_key), best,
                                                       len(ids) - best), best
             _, cache, done = self._run_chunks(ids, cache, reused, chunk, cancel)
-            self._keep(ids[:done], cache)
+            self._keep(ids[:done], cache, warm=True)
         return WarmResult(len(ids), reused, done - reused, cancelled=done < len(ids))
 
     def _advance(self, state: _ChoiceState, logits: np.ndarray, params: SamplingParams,

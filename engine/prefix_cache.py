@@ -24,6 +24,7 @@ class _Entry:
     tokens: np.ndarray
     cache: object
     nbytes: int
+    warm: bool = False  # stored by a speculative warm-up, not by a request
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -92,13 +93,25 @@ class PrefixCache:
                 self._entries.move_to_end(key)
             return entry.cache if entry is not None else None
 
+    def length(self, key: int) -> int:
+        """How many tokens entry `key` holds (0 if it is gone)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return len(entry.tokens) if entry is not None else 0
+
+    def is_warm(self, key: int) -> bool:
+        """Whether entry `key` was stored by a warm-up (`put(..., warm=True)`)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and entry.warm
+
     def pop(self, key: int) -> object | None:
         """Remove entry `key` and return its cache (the caller now owns it)."""
         with self._lock:
             entry = self._entries.pop(key, None)
         return entry.cache if entry is not None else None
 
-    def put(self, tokens: list[int], cache: object, nbytes: int) -> None:
+    def put(self, tokens: list[int], cache: object, nbytes: int, warm: bool = False) -> None:
         if nbytes > self.budget_bytes:
             if not self._warned:
                 log.warning("prefix cache budget %.0f MB is smaller than one prompt's KV cache "
@@ -107,7 +120,7 @@ class PrefixCache:
                 self._warned = True
             return
         with self._lock:
-            self._entries[self._next] = _Entry(np.asarray(tokens, np.int64), cache, nbytes)
+            self._entries[self._next] = _Entry(np.asarray(tokens, np.int64), cache, nbytes, warm)
             self._next += 1
             while self.used_bytes > self.budget_bytes:
                 self._entries.popitem(last=False)

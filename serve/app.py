@@ -59,7 +59,8 @@ class ServerState:
     def set_ready(self, generator) -> None:
         self.generator = generator
         self.scheduler = Scheduler(generator, self.config.max_queue,
-                                   speculate=self.config.speculate)
+                                   speculate=self.config.speculate,
+                                   lines_ahead=self.config.speculate_lines)
         self.status = READY
 
 

@@ -8,6 +8,7 @@ import click
 from engine.cli_common import user_errors, version_option
 
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServeConfig
+from .speculate import LINES_AHEAD
 
 ENV = "CGSERVE_"
 
@@ -54,9 +55,11 @@ def _opt(*names, env: str, **kwargs):
       help="A newer request from the same client whose prompt extends a queued or running one "
            "cancels that one (it gets an empty completion).")
 @_opt("--speculate/--no-speculate", env="SPECULATE", default=True,
-      help="While idle, compute the KV cache that a Fauxpilot client's next line will start "
-           "with (its 150-line window moved down one line), so that line's first request "
-           "reuses it; needs prefix reuse (off with --prefix-cache-mb 0).")
+      help="While idle, compute the KV cache that a Fauxpilot client's next lines will start "
+           "with (its 150-line window moved down), so each line's first request reuses it; "
+           "needs prefix reuse (off with --prefix-cache-mb 0).")
+@_opt("--speculate-lines", env="SPECULATE_LINES", default=LINES_AHEAD, type=int,
+      help="How many coming lines' prompt starts to compute, nearest first (1-8).")
 @_opt("--log-prompts", env="LOG_PROMPTS", is_flag=True, default=False,
       help="Put prompt tails in the access log (off: prompts are private code).")
 @_opt("--log-level", env="LOG_LEVEL", default="info",
@@ -64,13 +67,14 @@ def _opt(*names, env: str, **kwargs):
 @user_errors
 def main(model, host, port, dtype, device, api_key, max_queue, cors_origin, request_timeout,
          max_body, grace, truncate, model_name, impl, prefix_cache_mb, tokenizer, supersede,
-         speculate, log_prompts, log_level) -> None:
+         speculate, speculate_lines, log_prompts, log_level) -> None:
     config = ServeConfig(model=model, host=host, port=port, dtype=dtype, device=device,
                          api_key=api_key, max_queue=max_queue, cors_origin=cors_origin,
                          request_timeout_s=request_timeout, max_body_bytes=max_body,
                          grace_s=grace, truncate=truncate, model_name=model_name, impl=impl,
                          prefix_cache_mb=prefix_cache_mb, supersede=supersede,
-                         speculate=speculate, log_prompts=log_prompts)
+                         speculate=speculate, speculate_lines=speculate_lines,
+                         log_prompts=log_prompts)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from engine import load

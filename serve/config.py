@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from engine import OptionError
 
+from .speculate import LINES_AHEAD
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8978
 
@@ -28,7 +30,8 @@ class ServeConfig:
     impl: str = "fast"  # the engine's own Paddle forward; "reference" is PaddleNLP's model
     prefix_cache_mb: float | None = None  # KV cache kept to reuse earlier prompts; None: engine's
     supersede: bool = True  # a newer request from the same client cancels its stale ones
-    speculate: bool = True  # while idle, compute the start of a client's next-line prompt
+    speculate: bool = True  # while idle, compute the start of a client's next-line prompts
+    speculate_lines: int = LINES_AHEAD  # ... for this many coming lines
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -46,6 +49,9 @@ class ServeConfig:
         if self.prefix_cache_mb is not None and self.prefix_cache_mb < 0:
             raise OptionError(f"--prefix-cache-mb must be >= 0 (0 turns reuse off), "
                               f"got {self.prefix_cache_mb}")
+        if not 1 <= self.speculate_lines <= 8:
+            raise OptionError(f"--speculate-lines must be 1 to 8, got {self.speculate_lines} "
+                              "(turn warm-ups off with --no-speculate)")
         if self.api_key is not None and not self.api_key.strip():
             object.__setattr__(self, "api_key", None)
 

@@ -18,9 +18,12 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from .speculate import next_line_prefix
+from .speculate import LINES_AHEAD, line_prefixes
 
 log = logging.getLogger("serve")
+
+
+MAX_CLIENTS = 64  # clients whose coming lines are remembered for warm-ups (oldest dropped)
 
 
 class QueueFull(Exception):
@@ -67,13 +70,17 @@ class Job:
 class Scheduler:
     """FIFO of jobs for one generator, run by one worker thread."""
 
-    def __init__(self, generator, max_queue: int = 16, speculate: bool = False):
+    def __init__(self, generator, max_queue: int = 16, speculate: bool = False,
+                 lines_ahead: int = LINES_AHEAD):
         self.generator = generator
         self.max_queue = max_queue
         # warm-ups need the engine's warm() and a prefix cache to keep what they compute
-        self.speculate = bool(speculate and callable(getattr(generator, "warm", None))
+        self.speculate = bool(speculate and lines_ahead > 0
+                              and callable(getattr(generator, "warm", None))
                               and getattr(generator, "prefix_cache", None) is not None)
-        self._pending: collections.OrderedDict[Any, str] = collections.OrderedDict()
+        self.lines_ahead = lines_ahead
+        # per client, the texts still to warm, nearest line first (oldest client first)
+        self._pending: collections.OrderedDict[Any, list[str]] = collections.OrderedDict()
         self._warm_cancel: threading.Event | None = None  # set while a warm-up runs
         self._held = False
         self.warmups = {"started": 0, "completed": 0, "cancelled": 0, "skipped": 0,
@@ -141,7 +148,7 @@ class Scheduler:
 
     @property
     def pending_warmups(self) -> int:
-        return len(self._pending)
+        return sum(len(texts) for texts in list(self._pending.values()))
 
     def hold_warmups(self, held: bool = True) -> None:
         """Start no warm-ups while held (a running one is cancelled, keeping its work and
@@ -199,7 +206,7 @@ class Scheduler:
                     job = self._running = self._queue.popleft()
                 else:
                     job = None
-                    warm = self._pending.popitem(last=False)
+                    warm = self._next_warmup()
                     self._warm_cancel = threading.Event()
             if warm is not None:
                 self._warm(*warm)
@@ -215,19 +222,26 @@ class Scheduler:
                     self._running = None
 
     def _can_warm(self) -> bool:
-        return bool(self._pending) and not self._held
+        return not self._held and any(self._pending.values())
+
+    def _next_warmup(self) -> tuple[list[str], str]:
+        """(lock held, `_can_warm` true) The oldest client's nearest text, taken off its list."""
+        texts = next(t for t in self._pending.values() if t)
+        return texts, texts.pop(0)
 
     def _expect(self, job: Job) -> None:
-        """After a job (lock held): remember the start of its client's next prompt."""
+        """After a job (lock held): remember the starts of its client's next prompts."""
         if not self.speculate or job.cancel.is_set() or job.started_at is None:
             return
-        text = next_line_prefix(job.prompt)
-        if text is None:
+        texts = line_prefixes(job.prompt, self.lines_ahead)
+        if not texts:
             return
         self._pending.pop(job.client, None)
-        self._pending[job.client] = text  # newest last; replaces the client's older one
+        self._pending[job.client] = texts  # newest last; replaces the client's older ones
+        while len(self._pending) > MAX_CLIENTS:
+            self._pending.popitem(last=False)
 
-    def _warm(self, client, text: str) -> None:
+    def _warm(self, texts: list[str], text: str) -> None:
         cancel = self._warm_cancel
         self.warmups["started"] += 1
         try:
@@ -246,10 +260,9 @@ class Scheduler:
             self.warmups["skipped"] += 1
         elif result.cancelled:
             self.warmups["cancelled"] += 1
-            with self._cond:  # try again later unless a newer one replaced it
-                if not self._stopping:
-                    self._pending.setdefault(client, text)
-                    self._pending.move_to_end(client, last=False)
+            with self._cond:  # try again later unless newer ones replaced the client's list
+                if not self._stopping and any(t is texts for t in self._pending.values()):
+                    texts.insert(0, text)
         else:
             self.warmups["completed"] += 1
         log.debug("warm-up: %s", result)

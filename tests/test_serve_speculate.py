@@ -13,7 +13,8 @@ from bench.typing_session import fauxpilot_prompt
 from engine import load
 from engine.sampling import SamplingParams
 from serve.cli import main
-from serve.speculate import next_line_prefix
+from serve.config import ServeConfig
+from serve.speculate import line_prefixes, next_line_prefix
 from serve.testing import FakeGenerator, LiveServer
 
 # 200 short, distinct lines: past line 150 the extension's prompt is a moving window
@@ -34,6 +35,23 @@ def test_prediction_is_the_start_of_the_next_lines_prompt():
         assert guess is not None and later.startswith(guess)
         assert guess.endswith("\n") and len(later) - len(guess) < 30
         assert later.count("\n") == guess.count("\n") + 1  # only the new line is missing
+
+
+def test_predictions_further_ahead_start_the_prompts_of_later_lines():
+    for line in (151, 170):
+        now = prompt_on(line, LINES[line][:3])
+        guesses = line_prefixes(now, 3)
+        assert len(guesses) == 3 and guesses[0] == next_line_prefix(now)
+        for k, guess in enumerate(guesses, 1):
+            later = prompt_on(line + k, "  ")
+            assert later.startswith(guess)
+            assert later.count("\n") == guess.count("\n") + k  # the k lines typed by then
+            assert guess.endswith("\n") and guess.count("\n") == now.count("\n") - k
+    lines = ["h0", "h1", "w0", "w1", "w2", "cur"]
+    assert line_prefixes("\n".join(lines), 5, head_lines=2, window_lines=3) == \
+        ["h0\nh1\nw1\nw2\n", "h0\nh1\nw2\n", "h0\nh1\n"]  # at most the window's lines
+    assert line_prefixes("\n".join(lines), 0, head_lines=2, window_lines=3) == []
+    assert line_prefixes(prompt_on(120, "x")) == []
 
 
 def test_prediction_needs_the_window_shape():
@@ -139,6 +157,44 @@ def test_warm_copies_the_shared_part_of_a_longer_entry(gens):
     assert float(((continued - fresh) ** 2).mean() / (fresh ** 2).mean()) <= 1e-10
 
 
+def test_a_warm_up_lines_later_takes_over_the_earlier_guess(gens):
+    """A line's start warmed three lines ahead, then again one line ahead: the second warm-up
+    extends the first one's entry by the lines typed in between (its last newline
+    re-tokenised) instead of copying it, and the line's request gets the same tokens as
+    without any cache."""
+    gen, plain = gens
+    now = prompt_on(170, LINES[170][:3])
+    gen.generate(now, GREEDY)
+    far = line_prefixes(now, 3)[2]  # the start of line 173's prompt, as known on line 170
+    first = gen.warm(far)
+    assert not first.cancelled and first.computed_tokens > 0
+    nearer = prompt_on(172, LINES[172][:2])
+    gen.generate(nearer, GREEDY)
+    again = next_line_prefix(nearer)  # the same line's start, now with lines 170-171 in it
+    assert again.startswith(far) and len(again) > len(far) + 16
+    entries = len(gen.prefix_cache)
+    second = gen.warm(again)
+    assert second.reused_tokens >= first.prompt_tokens - 4  # taken over, not recomputed
+    assert second.computed_tokens <= second.prompt_tokens - first.prompt_tokens + 4
+    assert len(gen.prefix_cache) == entries  # extended in place: no copy left behind
+    later = prompt_on(173, "  ")
+    result = gen.generate(later, GREEDY)
+    assert result.reused_tokens >= second.prompt_tokens - 2
+    assert result.choices[0].token_ids == plain.generate(later, GREEDY).choices[0].token_ids
+
+
+def test_a_warm_up_never_takes_over_a_requests_entry(gens):
+    """A request's entry that ends a few tokens past the shared part (the line being typed)
+    is copied from, never taken: the next request on that line still finds all of it."""
+    gen, _ = gens
+    now = prompt_on(178, LINES[178][:1])
+    gen.generate(now, SamplingParams(max_new_tokens=1, temperature=0))
+    guess = next_line_prefix(now)
+    assert gen.warm(guess).computed_tokens > 0
+    again = gen.generate(now + LINES[178][1:2], GREEDY)
+    assert again.reused_tokens >= len(gen.encode(now)) - 2
+
+
 def test_warm_does_nothing_without_a_prefix_cache(gens):
     _, plain = gens
     assert plain.warm("anything\n").skipped == "no-cache"
@@ -161,17 +217,19 @@ def wait_for(condition, timeout: float = 30.0) -> None:
 BODY = {"max_tokens": 3, "temperature": 0, "stop": ["\n"]}
 
 
-def test_server_warms_the_next_line_while_idle(gens):
+def test_server_warms_the_next_lines_while_idle(gens):
     gen, _ = gens
     with LiveServer(gen) as live, httpx.Client(base_url=live.url, timeout=60) as c:
         c.post("/v1/completions", json={**BODY, "prompt": prompt_on(160, LINES[160][:2])})
-        wait_for(lambda: metric(c, 'cgserve_warmups_total{outcome="completed"}') >= 1)
-        assert metric(c, "cgserve_warmups_started_total") >= 1
+        wait_for(lambda: metric(c, 'cgserve_warmups_total{outcome="completed"}') >= 2
+                 and metric(c, "cgserve_warmup_running") == 0)
+        assert metric(c, "cgserve_warmups_started_total") == 2  # lines 161 and 162
+        assert metric(c, "cgserve_warmups_pending") == 0
         assert metric(c, "cgserve_warmup_tokens_computed_total") > 0
-        assert metric(c, "cgserve_warmup_running") == 0
-        guess = next_line_prefix(prompt_on(160, LINES[160][:2]))
-        answer = c.post("/v1/completions", json={**BODY, "prompt": prompt_on(161, "")}).json()
-        assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] >= len(guess) - 2
+        near, far = line_prefixes(prompt_on(160, LINES[160][:2]))
+        # line 161 left blank: the window moved two lines, and line 162's guess covers it
+        answer = c.post("/v1/completions", json={**BODY, "prompt": prompt_on(162, "")}).json()
+        assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] >= len(far) - 2
 
 
 def test_outputs_are_the_same_with_and_without_speculation():
@@ -228,10 +286,30 @@ def test_a_request_cancels_a_running_warm_up_and_is_answered():
         assert metric(c, 'cgserve_warmups_total{outcome="cancelled"}') == 1
         wait_for(lambda: len(fake.warms) >= 2)  # resumed once the queue was empty
         assert fake.warms[1] == fake.warms[0] == next_line_prefix(prompt_on(160, "a"))
-        # a newer prompt of the same client replaces its pending warm-up
+        assert live.state.scheduler.pending_warmups == 1  # the line after, still to come
+        # a newer prompt of the same client replaces its pending warm-ups
         c.post("/v1/completions", json={**BODY, "prompt": prompt_on(165, "b")})
         wait_for(lambda: len(fake.warms) >= 3)
         assert fake.warms[-1] == next_line_prefix(prompt_on(165, "b"))
+        assert live.state.scheduler.pending_warmups == 1
+
+
+def test_warm_ups_run_nearest_line_first_and_as_many_lines_as_asked():
+    class QuickWarmFake(SlowWarmFake):
+        def warm(self, text, cancel=None, chunk=None):
+            from engine.generate import WarmResult
+
+            self.warms.append(text)
+            return WarmResult(1, 0, 1)
+
+    for lines in (1, 3):
+        fake = QuickWarmFake()
+        with LiveServer(fake, speculate_lines=lines) as live, \
+                httpx.Client(base_url=live.url, timeout=30) as c:
+            c.post("/v1/completions", json={**BODY, "prompt": prompt_on(160, "a")})
+            wait_for(lambda: len(fake.warms) >= lines and not live.state.scheduler.warming)
+            time.sleep(0.1)
+            assert fake.warms == line_prefixes(prompt_on(160, "a"), lines)
 
 
 def test_hold_warmups_stops_and_holds_them():
@@ -242,11 +320,12 @@ def test_hold_warmups_stops_and_holds_them():
         assert fake.warming.wait(10)
         scheduler.hold_warmups(True)
         assert scheduler.wait_warmups_stopped(5) and not scheduler.warming
-        assert scheduler.pending_warmups == 1  # kept for later
+        assert scheduler.pending_warmups == 2  # kept for later, with the line after
         time.sleep(0.2)
         assert len(fake.warms) == 1
         scheduler.hold_warmups(False)
         wait_for(lambda: len(fake.warms) == 2)
+        assert fake.warms[1] == fake.warms[0]  # the stopped one resumes first
 
 
 def test_off_switch():
@@ -273,6 +352,12 @@ def test_cli_option_and_env_var(monkeypatch):
     monkeypatch.setenv("CGSERVE_SPECULATE", "0")
     assert runner.invoke(main, ["random:tiny"]).exit_code == 0 and seen["c"].speculate is False
     assert "--no-speculate" in runner.invoke(main, ["--help"]).output
+    assert runner.invoke(main, ["random:tiny", "--speculate-lines", "3"]).exit_code == 0
+    assert seen["c"].speculate_lines == 3
+    bad = runner.invoke(main, ["random:tiny", "--speculate-lines", "0"])
+    assert bad.exit_code != 0 and "--speculate-lines must be 1 to 8" in bad.output
+    with pytest.raises(Exception, match="--no-speculate"):
+        ServeConfig(model="random:tiny", speculate_lines=9)
 
 
 def test_replay_runs_warm_ups_only_within_their_own_modes_segments():
@@ -295,6 +380,7 @@ def test_replay_runs_warm_ups_only_within_their_own_modes_segments():
                  "no-reuse": SpeculationGate(live_other.state.scheduler)}
         outcomes = replay({"reuse": live_warm.url, "no-reuse": live_other.url}, text, segments,
                           3, gates=gates)
-        assert live_warm.state.scheduler.pending_warmups == 1  # held after the last segment
+        # held after the last segment: the next two lines' warm-ups wait
+        assert live_warm.state.scheduler.pending_warmups == 2
     assert warmer.warms and seen and not any(seen)
     assert all(o.status == 200 for o in outcomes)
