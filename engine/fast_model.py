@@ -22,6 +22,22 @@ from .cpu_decode import NumpyDecoder, readonly_view, writable_view
 from .runtime import Device, ensure_dygraph, import_paddle
 
 CACHE_BLOCK = 256  # KV-cache capacity grows in steps of this many positions
+
+
+@dataclass
+class Paused:
+    """A prompt chunk stopped between two layers: the hidden state of its `length` positions
+    from `start` after the first `layer` layers (whose KV entries for them are written), so
+    a later call can go on from that layer instead of running the chunk again."""
+
+    start: int
+    length: int
+    layer: int
+    x: object  # [1, length, n_embd] tensor
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.x.shape)) * self.x.element_size()
 ATTN_BLOCK = 256  # prompt queries attended together
 
 
@@ -223,27 +239,34 @@ class FastCodeGen:
                            layer.fc_out_w, layer.fc_out_b)
         return x + self._linear(attn, layer.out_w) + mlp
 
-    def _forward(self, ids: np.ndarray, cache, cancel=None):
-        """Logits of the last position and the cache after `ids`; (None, cache unchanged in
-        length) when `cancel` is set between two layers (what they wrote past it is unused)."""
+    def _forward(self, ids: np.ndarray, cache, cancel=None, resume: Paused | None = None):
+        """(logits of the last position, the cache after `ids`, None); when `cancel` is set
+        between two layers, (None, the cache unchanged in length, a `Paused` to pass back as
+        `resume` with the same `ids` and cache, or None if no layer ran)."""
         paddle, F = ensure_dygraph(self._paddle), self._paddle.nn.functional
         t = ids.shape[1]
-        cache = self._reserve(cache, t)
-        kv, pos = cache
+        grown = self._reserve(cache, t)
+        if grown is not cache or (resume is not None and (resume.start, resume.length)
+                                  != (cache[1], t)):
+            resume = None  # a moved cache lost the paused chunk's KV entries
+        kv, pos = cache = grown
         with paddle.no_grad():
             # cos/sin laid out like r1/r2 (q heads, then k heads): same shape, no broadcast
             sincos = tuple(paddle.tile(table[pos:pos + t], [1, 2 * self.n_head]).reshape([1, t, -1])
                            for table in (self.cos, self.sin))
-            x = F.embedding(paddle.to_tensor(ids, dtype="int64"), self.wte)
-            if self.mixed:
-                x = x.astype(self.compute)
-            for layer, layer_kv in zip(self.layers, kv):
+            if resume is not None:
+                x, first = resume.x, resume.layer
+            else:
+                x, first = F.embedding(paddle.to_tensor(ids, dtype="int64"), self.wte), 0
+                if self.mixed:
+                    x = x.astype(self.compute)
+            for i in range(first, len(self.layers)):
                 if cancel is not None and cancel.is_set():
-                    return None, (kv, pos)
-                x = self._block(layer, x, layer_kv, sincos, pos)
+                    return None, (kv, pos), (Paused(pos, t, i, x) if i else None)
+                x = self._block(self.layers[i], x, kv[i], sincos, pos)
             last = F.layer_norm(x[:, -1], [x.shape[-1]], self.ln_f_w, self.ln_f_b, self.eps)
             logits = self._linear(last, self.lm_w, self.lm_b).astype("float32").numpy()
-        return logits, (kv, pos + t)
+        return logits, (kv, pos + t), None
 
     def _reserve(self, cache, new: int):
         """Grow the cache (in blocks of CACHE_BLOCK positions) so `new` more tokens fit, and
@@ -278,12 +301,21 @@ class FastCodeGen:
 
         With `cancel`, stops between layers once it is set and returns (None, a cache
         holding `ids[:start]`): a long prompt chunk need not finish to give way."""
-        if cache is None or start == 0:
-            cache, start = ([], 0), 0
+        logits, cache, _ = self.prefill_resumable(ids, cache, start, cancel)
+        return logits, cache
+
+    def prefill_resumable(self, ids: list[int], cache=None, start: int = 0, cancel=None,
+                          resume: Paused | None = None):
+        """`prefill`, plus a third result: when cancelled, a `Paused` state (or None) that a
+        later call with the same `ids`, `start` and cache (untouched since) takes as
+        `resume` to finish the chunk from the layer it stopped at."""
+        if cache is None:
+            cache, start, resume = ([], 0), 0, None
         else:
             cache = (cache[0], start)  # positions from `start` on are overwritten
-        logits, cache = self._forward(np.asarray([ids[start:]], np.int64), cache, cancel)
-        return (None if logits is None else logits[0]), cache
+        logits, cache, paused = self._forward(np.asarray([ids[start:]], np.int64), cache, cancel,
+                                              resume)
+        return (None if logits is None else logits[0]), cache, paused
 
     def fork_cache(self, cache, upto: int, room: int):
         """A new one-row cache holding the first `upto` positions of `cache` (left
@@ -316,7 +348,7 @@ class FastCodeGen:
 
     def decode(self, tokens: np.ndarray, cache):
         if self.numpy_decode is None:
-            return self._forward(tokens.reshape(-1, 1).astype(np.int64), cache)
+            return self._forward(tokens.reshape(-1, 1).astype(np.int64), cache)[:2]
         kv, pos = self._reserve(cache, 1)
         return self.numpy_decode.step(tokens.reshape(-1).astype(np.int64), kv, pos), (kv, pos + 1)
 

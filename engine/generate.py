@@ -20,7 +20,7 @@ from .tokenizer import IncrementalDecoder
 
 TRUNCATE_STEP = 128  # over-long prompts are cut in steps of this many tokens (at most)
 PREFILL_CHUNK = 512  # with reuse, prompts run (and are kept when cancelled) in chunks of this size
-WARM_CHUNK = 64  # warm-ups keep their work in chunks this small (a cancel loses at most one)
+WARM_CHUNK = 512  # warm-ups' chunks (a cancelled one keeps the layers it finished)
 WARM_NEAR_TOKENS = 16  # an entry covering all but this many of a warm-up's tokens is enough
 WARM_TAKEOVER_TOKENS = 4  # a warm-up takes over an earlier warm-up's entry ending this close
 # default prefix-cache budget, in full contexts: the line being typed plus the windows of the
@@ -231,10 +231,10 @@ class Generator:
         states = [_ChoiceState(i, self.tokenizer, stops, seed) for i in range(params.n)]
         times: list[float] = []
         with self._lock:
-            logits, prompt_cache, reused, held = self._prefill(ids, cancel)
+            logits, prompt_cache, reused, held, partial = self._prefill(ids, cancel)
             prefill_ms = (time.perf_counter() - start) * 1e3
             if logits is None:  # cancelled during the prompt
-                self._keep(ids[:held], prompt_cache)
+                self._keep(ids[:held], prompt_cache, partial=partial)
             else:
                 rows = np.repeat(logits[None, :], params.n, axis=0)
                 cache = self.model.expand_cache(prompt_cache, params.n)
@@ -265,34 +265,45 @@ class Generator:
         """Run the prompt, starting from the longest cached prefix when there is one.
 
         With a prefix cache the prompt runs in chunks (`_run_chunks`); a cancelled
-        prefill keeps what it computed for the next request.  Returns (logits or None
-        when cancelled, cache, reused tokens, tokens the cache holds).
+        prefill keeps what it computed for the next request, down to the layer its last
+        chunk stopped at.  Returns (logits or None when cancelled, cache, reused tokens,
+        tokens the cache holds, the stopped chunk or None).
         """
         if self.prefix_cache is None:
             logits, cache = self.model.prefill(ids)
             self._last_cache = cache
-            return logits, cache, 0, len(ids)
-        cache, reused = self.prefix_cache.take(ids)
-        logits, cache, done = self._run_chunks(ids, cache, reused, PREFILL_CHUNK, cancel)
+            return logits, cache, 0, len(ids), None
+        cache, reused, partial = self.prefix_cache.take_partial(ids)
+        logits, cache, done, partial = self._run_chunks(ids, cache, reused, PREFILL_CHUNK, cancel,
+                                                        partial)
         self.prefix_cache.count(reused, done - reused)
         self._last_cache = cache
-        return logits, cache, reused, done
+        return logits, cache, reused, done, partial
 
     def _run_chunks(self, ids: list[int], cache, done: int, chunk: int,
-                    cancel: threading.Event):
+                    cancel: threading.Event, partial=None):
         """Run `ids[done:]` on top of `cache` (which holds `ids[:done]`) in chunks of
-        `chunk` tokens; once `cancel` is set the model stops between two layers and the
-        unfinished chunk is dropped.  Only models with prefix reuse get here (they take
-        `cancel`).  Returns (the last position's logits, or None unless all of `ids` ran;
-        the cache; how many tokens it holds)."""
-        logits = None
+        `chunk` tokens; once `cancel` is set the model stops between two layers.  Only
+        models with prefix reuse get here (`prefill_resumable`).  `partial`: (tokens,
+        `Paused`) of a chunk an earlier call stopped in, on this cache; its first chunk
+        goes on from there when `ids` continue with those tokens.  Returns (the last
+        position's logits, or None unless all of `ids` ran; the cache; how many tokens
+        it holds; the (tokens, `Paused`) of a chunk stopped part-way, or None)."""
+        logits, resume = None, None
+        if partial is not None and done < len(ids):
+            tokens, paused = partial
+            if paused.start == done and tokens == tuple(ids[done:done + len(tokens)]):
+                resume = paused
         while done < len(ids) and not cancel.is_set():
-            end = min(len(ids), done + chunk)
-            logits, cache = self.model.prefill(ids[:end], cache=cache, start=done, cancel=cancel)
+            end = done + resume.length if resume is not None else min(len(ids), done + chunk)
+            logits, cache, paused = self.model.prefill_resumable(ids[:end], cache, done, cancel,
+                                                                 resume)
+            resume = None
             if logits is None:
-                break
+                stopped = (tuple(ids[done:end]), paused) if paused is not None else None
+                return None, cache, done, stopped
             done = end
-        return (logits if done == len(ids) else None), cache, done
+        return (logits if done == len(ids) else None), cache, done, None
 
     def _decode_loop(self, states, rows, cache, fed, params, cancel, start, times):
         """Sample, report and feed back one token per choice per step."""
@@ -315,9 +326,10 @@ class Generator:
             self._last_cache = cache
             fed.append(int(tokens[0]))
 
-    def _keep(self, tokens: list[int], cache, warm: bool = False) -> None:
+    def _keep(self, tokens: list[int], cache, warm: bool = False, partial=None) -> None:
         if self.prefix_cache is not None and cache is not None:
-            self.prefix_cache.put(tokens, cache, self.model.cache_nbytes(cache), warm=warm)
+            nbytes = self.model.cache_nbytes(cache) + (partial[1].nbytes if partial else 0)
+            self.prefix_cache.put(tokens, cache, nbytes, warm=warm, partial=partial)
 
     def warm(self, prompt, cancel: threading.Event | None = None,
              chunk: int = WARM_CHUNK) -> WarmResult:
@@ -326,7 +338,8 @@ class Generator:
         For a prompt a later request is expected to start with (an editor's next line):
         that request then reuses it as any cached prefix.  Runs in chunks of `chunk`
         tokens and stops between two layers once `cancel` is set; a cancelled warm-up
-        keeps the chunks it finished.  It starts from the cached entry sharing the
+        keeps the chunks it finished and the layers of the one it stopped in (the next
+        warm-up or request for a prompt going on with those tokens continues it).  It starts from the cached entry sharing the
         longest prefix: taken over when the entry holds nothing beyond that prefix, or
         when it is an earlier warm-up's that goes on only by its last few tokens (the
         same guess one line shorter: its final newline tokenises differently once the
@@ -347,9 +360,9 @@ class Generator:
             best, best_key, whole_key, whole = self.prefix_cache.match(ids)
             if best >= len(ids) - min(WARM_NEAR_TOKENS, len(ids) - 1):
                 return WarmResult(len(ids), best, skipped="cached")
-            cache, reused = None, 0
-            if whole_key is not None and whole == best:
-                cache, reused = self.prefix_cache.pop(whole_key), whole  # all of it is ours
+            cache, reused, partial = None, 0, None
+            if whole_key is not None and whole == best:  # all of it is ours
+                (cache, partial), reused = self.prefix_cache.pop_partial(whole_key), whole
             elif best_key is not None and self.prefix_cache.is_warm(best_key) and \
                     self.prefix_cache.length(best_key) - best <= WARM_TAKEOVER_TOKENS:
                 cache, reused = self.prefix_cache.pop(best_key), best  # its tail is rewritten
@@ -358,8 +371,8 @@ class Generator:
                 # the shared part, so the entry a request still needs keeps its end
                 cache, reused = self.model.fork_cache(self.prefix_cache.peek(best_key), best,
                                                       len(ids) - best), best
-            _, cache, done = self._run_chunks(ids, cache, reused, chunk, cancel)
-            self._keep(ids[:done], cache, warm=True)
+            _, cache, done, partial = self._run_chunks(ids, cache, reused, chunk, cancel, partial)
+            self._keep(ids[:done], cache, warm=True, partial=partial)
         return WarmResult(len(ids), reused, done - reused, cancelled=done < len(ids))
 
     def _advance(self, state: _ChoiceState, logits: np.ndarray, params: SamplingParams,

@@ -25,6 +25,7 @@ class _Entry:
     cache: object
     nbytes: int
     warm: bool = False  # stored by a speculative warm-up, not by a request
+    partial: object = None  # (tokens, state) of a chunk stopped part-way after `tokens`
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -60,6 +61,12 @@ class PrefixCache:
         At most len(ids) - 1 tokens are reused: the last prompt token must be run
         to get the logits of the first new token.
         """
+        cache, n, _ = self.take_partial(ids)
+        return cache, n
+
+    def take_partial(self, ids: list[int]) -> tuple[object | None, int, object]:
+        """`take`, plus the entry's stopped chunk (`put(..., partial=)`) when all of the
+        entry is reused (else None: the chunk would start past what is reused)."""
         want = np.asarray(ids, dtype=np.int64)
         with self._lock:
             best, best_len = None, 0
@@ -67,9 +74,15 @@ class PrefixCache:
                 n = min(common_prefix(entry.tokens, want), len(ids) - 1)
                 if n > best_len:
                     best, best_len = key, n
-            if best is None:
-                return None, 0
-            return self._entries.pop(best).cache, best_len
+            if best is None:  # an entry of no whole token may hold a first chunk stopped part-way
+                best = next((key for key, entry in self._entries.items() if not len(entry.tokens)
+                             and entry.partial is not None and len(ids) > len(entry.partial[0])
+                             and tuple(ids[:len(entry.partial[0])]) == entry.partial[0]), None)
+                if best is None:
+                    return None, 0, None
+            entry = self._entries.pop(best)
+            return entry.cache, best_len, (entry.partial if best_len == len(entry.tokens)
+                                           else None)
 
     def match(self, ids: list[int]) -> tuple[int, int | None, int | None, int]:
         """(longest prefix of `ids` any entry shares, that entry's key, the key of the longest
@@ -107,11 +120,16 @@ class PrefixCache:
 
     def pop(self, key: int) -> object | None:
         """Remove entry `key` and return its cache (the caller now owns it)."""
+        return self.pop_partial(key)[0]
+
+    def pop_partial(self, key: int) -> tuple[object | None, object]:
+        """Remove entry `key`; (its cache, its stopped chunk or None)."""
         with self._lock:
             entry = self._entries.pop(key, None)
-        return entry.cache if entry is not None else None
+        return (entry.cache, entry.partial) if entry is not None else (None, None)
 
-    def put(self, tokens: list[int], cache: object, nbytes: int, warm: bool = False) -> None:
+    def put(self, tokens: list[int], cache: object, nbytes: int, warm: bool = False,
+            partial: object = None) -> None:
         if nbytes > self.budget_bytes:
             if not self._warned:
                 log.warning("prefix cache budget %.0f MB is smaller than one prompt's KV cache "
@@ -120,7 +138,8 @@ class PrefixCache:
                 self._warned = True
             return
         with self._lock:
-            self._entries[self._next] = _Entry(np.asarray(tokens, np.int64), cache, nbytes, warm)
+            self._entries[self._next] = _Entry(np.asarray(tokens, np.int64), cache, nbytes, warm,
+                                               partial)
             self._next += 1
             while self.used_bytes > self.budget_bytes:
                 self._entries.popitem(last=False)

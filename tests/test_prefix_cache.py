@@ -114,21 +114,87 @@ def test_cancel_during_a_long_prompt_keeps_what_was_computed():
     gen = load("random:tiny", impl="fast")
     ids = [int(i) for i in np.random.default_rng(8).integers(0, 256, PREFILL_CHUNK * 2 + 100)]
     cancel = threading.Event()
-    real = gen.model.prefill
+    real = gen.model.prefill_resumable
     calls = []
 
-    def prefill_then_cancel(*args, **kwargs):
-        calls.append(kwargs.get("start", 0))
-        out = real(*args, **kwargs)
-        cancel.set()  # as if the client went away during the first chunk
+    def prefill_then_cancel(ids, cache=None, start=0, cancel=None, resume=None):
+        calls.append(start)
+        out = real(ids, cache, start, cancel, resume)
+        cancel.set()  # as if the client went away after the first chunk
         return out
 
-    gen.model.prefill = prefill_then_cancel
+    gen.model.prefill_resumable = prefill_then_cancel
     r = gen.generate(ids, SamplingParams(max_new_tokens=5), cancel=cancel)
     assert r.finish_reason == "cancelled" and r.completion_tokens == 0 and calls == [0]
-    gen.model.prefill = real
+    gen.model.prefill_resumable = real
     again = gen.generate(ids, SamplingParams(max_new_tokens=5, ignore_eos=True))
     assert again.reused_tokens == PREFILL_CHUNK  # the first chunk was kept
     fresh = load("random:tiny", impl="fast", prefix_cache_bytes=0)
     assert fresh.generate(ids, SamplingParams(max_new_tokens=5, ignore_eos=True)).choices[0].token_ids \
         == again.choices[0].token_ids
+
+
+class CancelAfterBlocks:
+    """Counts the model's layer calls; sets `cancel` once `n` have run."""
+
+    def __init__(self, model, n: int):
+        self.model, self.n, self.ran = model, n, 0
+        self.cancel = threading.Event()
+        self.real = model._block
+
+    def __enter__(self):
+        def block(*args, **kwargs):
+            out = self.real(*args, **kwargs)
+            self.ran += 1
+            if self.ran >= self.n:
+                self.cancel.set()
+            return out
+
+        self.model._block = block
+        return self
+
+    def __exit__(self, *exc):
+        del self.model._block  # the class's method again
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])  # within the first chunk, within the second
+def test_a_prompt_stopped_between_layers_goes_on_from_that_layer(stop_after):
+    """A prefill cancelled part-way through a chunk keeps the layers it finished: the next
+    request for a prompt going on with those tokens runs only the layers left for that
+    chunk, and answers exactly as a fresh engine does."""
+    from engine.generate import PREFILL_CHUNK
+
+    gen = load("random:tiny", impl="fast")
+    n_layers = len(gen.model.layers)
+    assert n_layers >= 2
+    stop = 1 if stop_after == 1 else n_layers + 1  # in chunk 1 after 1 layer, or in chunk 2
+    ids = [int(i) for i in np.random.default_rng(9).integers(0, 256, PREFILL_CHUNK + 100)]
+    with CancelAfterBlocks(gen.model, stop) as first:
+        r = gen.generate(ids, SamplingParams(max_new_tokens=3), cancel=first.cancel)
+    assert r.finish_reason == "cancelled" and first.ran == stop
+    longer = ids + [7, 8, 9]  # the next keystrokes
+    with CancelAfterBlocks(gen.model, 10**9) as second:
+        again = gen.generate(longer, SamplingParams(max_new_tokens=4, ignore_eos=True))
+    # layers run the second time: the rest of the stopped chunk, then the tokens after it
+    done_chunks, layers_done = divmod(stop, n_layers)
+    chunk_end = min(len(ids), (done_chunks + 1) * PREFILL_CHUNK)  # the stopped chunk
+    expected = (n_layers - layers_done) + (n_layers if chunk_end < len(longer) else 0)
+    assert second.ran == expected
+    assert again.reused_tokens == done_chunks * PREFILL_CHUNK
+    fresh = load("random:tiny", impl="fast", prefix_cache_bytes=0)
+    want = fresh.generate(longer, SamplingParams(max_new_tokens=4, ignore_eos=True))
+    assert again.choices[0].token_ids == want.choices[0].token_ids
+
+
+def test_a_stopped_chunk_is_not_resumed_for_other_tokens():
+    gen = load("random:tiny", impl="fast")
+    ids = [int(i) for i in np.random.default_rng(10).integers(0, 256, 300)]
+    with CancelAfterBlocks(gen.model, 1) as first:
+        gen.generate(ids, SamplingParams(max_new_tokens=3), cancel=first.cancel)
+    other = ids[:100] + [(t + 1) % 256 for t in ids[100:]]  # same start, then different
+    with CancelAfterBlocks(gen.model, 10**9) as second:
+        result = gen.generate(other, SamplingParams(max_new_tokens=4, ignore_eos=True))
+    assert second.ran == len(gen.model.layers)  # the whole chunk again, from layer 0
+    fresh = load("random:tiny", impl="fast", prefix_cache_bytes=0)
+    want = fresh.generate(other, SamplingParams(max_new_tokens=4, ignore_eos=True))
+    assert result.choices[0].token_ids == want.choices[0].token_ids

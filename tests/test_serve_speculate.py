@@ -92,7 +92,7 @@ def test_warm_makes_the_next_line_reuse_the_prediction(gens):
 def test_warm_stops_between_chunks_and_keeps_its_work(gens, monkeypatch):
     gen, _ = gens
     cancel, chunks = threading.Event(), []
-    real = gen.model.prefill
+    real = gen.model.prefill_resumable
 
     def prefill(*args, **kwargs):  # cancel once two chunks have finished
         out = real(*args, **kwargs)
@@ -101,7 +101,7 @@ def test_warm_stops_between_chunks_and_keeps_its_work(gens, monkeypatch):
             cancel.set()
         return out
 
-    monkeypatch.setattr(gen.model, "prefill", prefill)
+    monkeypatch.setattr(gen.model, "prefill_resumable", prefill)
     guess = next_line_prefix(prompt_on(185, "y"))
     first = gen.warm(guess, cancel, chunk=100)
     assert first.cancelled and first.computed_tokens == 200
