@@ -148,7 +148,8 @@ class Scheduler:
 
     @property
     def pending_warmups(self) -> int:
-        return sum(len(texts) for texts in list(self._pending.values()))
+        with self._cond:  # the worker changes the lists
+            return sum(len(texts) for texts in self._pending.values())
 
     def hold_warmups(self, held: bool = True) -> None:
         """Start no warm-ups while held (a running one is cancelled, keeping its work and
