@@ -1,0 +1,102 @@
+"""The numpy decode step's pieces (engine/cpu_decode.py) and the weight layout it reads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import cpu_decode, load
+from engine.cpu_decode import _attend, _mv, readonly_view
+
+
+def _softmax_attention(q, keys, values):
+    """The plain per-query formula, in float64."""
+    q, keys, values = (a.astype(np.float64) for a in (q, keys, values))
+    out = []
+    for i in range(len(q)):
+        s = keys[i] @ q[i]
+        p = np.exp(s - s.max())
+        out.append((p / p.sum()) @ values[i])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("n", [1, 5, 48])  # any number of (row, head) pairs, odd ones too
+@pytest.mark.parametrize("einsum_min", [0, 10 ** 9], ids=["einsum", "matmul"])
+def test_attention_both_ways(monkeypatch, n, einsum_min):
+    monkeypatch.setattr(cpu_decode, "EINSUM_MIN", einsum_min)
+    rng = np.random.default_rng(n)
+    capacity, seen, dim = 40, 33, 16
+    cache_k = rng.standard_normal((n, capacity, dim), dtype=np.float32)
+    cache_v = rng.standard_normal((n, capacity, dim), dtype=np.float32)
+    q = rng.standard_normal((n, dim), dtype=np.float32)
+    got = _attend(q, cache_k[:, :seen], cache_v[:, :seen])  # strided views of the cache
+    assert got.shape == (n, dim)
+    np.testing.assert_allclose(got, _softmax_attention(q, cache_k[:, :seen], cache_v[:, :seen]),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_matrix_vector_product_of_an_out_in_matrix(rows):
+    rng = np.random.default_rng(rows)
+    w = rng.standard_normal((24, 40), dtype=np.float32)  # [out, in]
+    x = rng.standard_normal((rows, 40), dtype=np.float32)
+    got = _mv(w, x)
+    assert got.shape == (rows, 24)
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w.T.astype(np.float64),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_projections_are_row_blocks_of_one_matrix():
+    """q, k (three row blocks) and v are views of one [out, in] matrix: no weight held twice,
+    and the numpy step's one product covers what Paddle's four prompt products read."""
+    model = load("random:tiny", prefix_cache_bytes=0).model
+    for layer in model.layers:
+        qkv = layer.qkv_w
+        rows = 0
+        for part in layer.parts:
+            if part is None:
+                continue
+            assert part.data_ptr() == qkv.data_ptr() + rows * qkv.shape[1] * 4
+            rows += part.shape[0]
+        assert rows == qkv.shape[0] == 3 * model.config.arch.n_embd
+        embd, inner = model.config.arch.n_embd, model.config.arch.inner_dim
+        assert tuple(layer.fc_in_w.shape) == (embd, inner)  # [in, out]
+        assert tuple(layer.fc_out_w.shape) == (embd, inner)  # [out, in]
+    assert model.param_count() == model.config.arch.param_count
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("einsum_min", [0, 10 ** 9], ids=["einsum", "matmul"])
+def test_numpy_steps_both_attention_ways_equal_paddle_steps(monkeypatch, rows, einsum_min):
+    """The whole step with each attention formulation, one row or several (n > 1 choices),
+    against Paddle's step on the same model and prompt."""
+    monkeypatch.setattr(cpu_decode, "EINSUM_MIN", einsum_min)
+    model = load("random:tiny", prefix_cache_bytes=0).model
+    prompt = [(5 * i) % 256 for i in range(70)]
+    outs = []
+    for numpy_step in (True, False):
+        kept = model.numpy_decode
+        if not numpy_step:
+            model.numpy_decode = None
+        try:
+            logits, cache = model.prefill(prompt)
+            cache = model.expand_cache(cache, rows)
+            tokens = np.asarray([int(logits.argmax()) + r for r in range(rows)])
+            steps = []
+            for _ in range(5):
+                logits, cache = model.decode(tokens, cache)
+                steps.append(logits)
+                tokens = logits.argmax(axis=-1)
+            outs.append(np.stack(steps))
+        finally:
+            model.numpy_decode = kept
+    fast, slow = outs
+    assert fast.shape == (5, rows, model.config.arch.vocab_size)
+    assert float(((slow - fast) ** 2).mean() / (slow ** 2).mean()) <= 1e-10
+    assert np.array_equal(fast.argmax(-1), slow.argmax(-1))
+
+
+def test_decoder_reads_the_model_memory():
+    model = load("random:tiny", prefix_cache_bytes=0).model
+    views = model.numpy_decode.layers[0]
+    qkv = readonly_view(model.layers[0].qkv_w)
+    assert any(v.ctypes.data == qkv.ctypes.data and v.shape == qkv.shape for v in views)
