@@ -45,8 +45,8 @@ def _opt(*names, env: str, **kwargs):
 @_opt("--impl", env="IMPL", default="fast", type=click.Choice(["fast", "reference"]),
       help="Engine forward: fast (its own) or reference (PaddleNLP's model).")
 @_opt("--prefix-cache-mb", env="PREFIX_CACHE_MB", default=None, type=float,
-      help="KV cache kept to reuse the prompts of earlier requests (0: off; default: two "
-           "full contexts).")
+      help="KV cache kept to reuse the prompts of earlier requests (0: off; default: four "
+           "full contexts: the line being typed and two warmed next-line windows).")
 @_opt("--tokenizer", env="TOKENIZER", default=None,
       type=click.Path(file_okay=False),
       help="With random:<variant>: a BPE tokenizer directory (`cgbench train-tokenizer`) "
