@@ -339,13 +339,14 @@ class Generator:
         that request then reuses it as any cached prefix.  Runs in chunks of `chunk`
         tokens and stops between two layers once `cancel` is set; a cancelled warm-up
         keeps the chunks it finished and the layers of the one it stopped in (the next
-        warm-up or request for a prompt going on with those tokens continues it).  It starts from the cached entry sharing the
-        longest prefix: taken over when the entry holds nothing beyond that prefix, or
-        when it is an earlier warm-up's that goes on only by its last few tokens (the
-        same guess one line shorter: its final newline tokenises differently once the
-        line follows); otherwise its shared part is copied (`fork_cache`), so an entry a
-        request still needs (the line being typed) keeps its end.  Nothing happens
-        without a prefix cache, or when the prompt would not fit the context uncut.
+        warm-up or request for a prompt going on with those tokens continues it).  It
+        starts from the cached entry sharing the longest prefix: taken over when the entry
+        holds nothing beyond that prefix, or when it is an earlier warm-up's that goes on
+        only by its last few tokens (the same guess one line shorter: its final newline
+        tokenises differently once the line follows); otherwise its shared part is copied
+        (`fork_cache`), so an entry a request still needs (the line being typed) keeps its
+        end.  Nothing happens without a prefix cache, or when the prompt would not fit the
+        context uncut.
         """
         cancel = cancel or threading.Event()
         if self.prefix_cache is None:
@@ -357,15 +358,12 @@ class Generator:
             return WarmResult(len(ids), skipped="too-long")
         chunk = max(1, int(chunk))
         with self._lock:
-            best, best_key, whole_key, whole = self.prefix_cache.match(ids)
+            best, best_key, whole_key, whole = self.prefix_cache.match(ids, WARM_TAKEOVER_TOKENS)
             if best >= len(ids) - min(WARM_NEAR_TOKENS, len(ids) - 1):
                 return WarmResult(len(ids), best, skipped="cached")
             cache, reused, partial = None, 0, None
-            if whole_key is not None and whole == best:  # all of it is ours
+            if whole_key is not None and whole == best:  # ours (a warm-up's tail is rewritten)
                 (cache, partial), reused = self.prefix_cache.pop_partial(whole_key), whole
-            elif best_key is not None and self.prefix_cache.is_warm(best_key) and \
-                    self.prefix_cache.length(best_key) - best <= WARM_TAKEOVER_TOKENS:
-                cache, reused = self.prefix_cache.pop(best_key), best  # its tail is rewritten
             elif best_key is not None:
                 # the entry goes on beyond what we share (say, the line being typed): copy
                 # the shared part, so the entry a request still needs keeps its end

@@ -84,9 +84,13 @@ class PrefixCache:
             return entry.cache, best_len, (entry.partial if best_len == len(entry.tokens)
                                            else None)
 
-    def match(self, ids: list[int]) -> tuple[int, int | None, int | None, int]:
+    def match(self, ids: list[int],
+              warm_slack: int = 0) -> tuple[int, int | None, int | None, int]:
         """(longest prefix of `ids` any entry shares, that entry's key, the key of the longest
-        entry that is itself a prefix of `ids`, its length); keys for `peek`/`pop`."""
+        entry that is itself a prefix of `ids`, the length it shares); keys for `peek` and
+        `pop_partial`.  A warm-up's entry (`put(..., warm=True)`) that goes on by at most
+        `warm_slack` tokens past what it shares counts as a prefix too: a guess whose last
+        tokens tokenise differently once more text follows, to be taken over and rewritten."""
         want = np.asarray(ids, dtype=np.int64)
         best, best_key, whole_key, whole = 0, None, None, 0
         with self._lock:
@@ -94,7 +98,8 @@ class PrefixCache:
                 n = common_prefix(entry.tokens, want)
                 if n > best:
                     best, best_key = n, key
-                if n == len(entry.tokens) and n > whole:
+                beyond = len(entry.tokens) - n
+                if n > whole and (beyond == 0 or (entry.warm and beyond <= warm_slack)):
                     whole_key, whole = key, n
         return best, best_key, whole_key, whole
 
@@ -106,24 +111,9 @@ class PrefixCache:
                 self._entries.move_to_end(key)
             return entry.cache if entry is not None else None
 
-    def length(self, key: int) -> int:
-        """How many tokens entry `key` holds (0 if it is gone)."""
-        with self._lock:
-            entry = self._entries.get(key)
-            return len(entry.tokens) if entry is not None else 0
-
-    def is_warm(self, key: int) -> bool:
-        """Whether entry `key` was stored by a warm-up (`put(..., warm=True)`)."""
-        with self._lock:
-            entry = self._entries.get(key)
-            return entry is not None and entry.warm
-
-    def pop(self, key: int) -> object | None:
-        """Remove entry `key` and return its cache (the caller now owns it)."""
-        return self.pop_partial(key)[0]
-
     def pop_partial(self, key: int) -> tuple[object | None, object]:
-        """Remove entry `key`; (its cache, its stopped chunk or None)."""
+        """Remove entry `key`; (its cache, which the caller now owns, and its stopped chunk
+        or None)."""
         with self._lock:
             entry = self._entries.pop(key, None)
         return (entry.cache, entry.partial) if entry is not None else (None, None)

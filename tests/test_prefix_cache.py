@@ -102,6 +102,17 @@ def test_at_least_one_prompt_token_is_recomputed():
     assert cache.take([1, 2, 3]) == ("a", 2)
 
 
+def test_match_counts_a_warm_entry_a_few_tokens_longer_as_a_prefix():
+    cache = PrefixCache(budget_bytes=1000)
+    cache.put([1, 2, 3, 9], "guess", 10, warm=True)  # its last token re-tokenises later
+    cache.put([1, 2, 3, 8], "request", 10)
+    want = [1, 2, 3, 4, 5]
+    assert cache.match(want) == (3, 0, None, 0)  # neither is a prefix
+    best, _, whole_key, whole = cache.match(want, warm_slack=1)
+    assert (best, whole) == (3, 3) and cache.pop_partial(whole_key) == ("guess", None)
+    assert cache.match(want, warm_slack=1)[2:] == (None, 0)  # a request's entry never counts
+
+
 def test_common_prefix():
     assert common_prefix(np.array([1, 2, 3]), np.array([1, 2, 4, 5])) == 2
     assert common_prefix(np.array([1, 2]), np.array([1, 2, 3])) == 2
