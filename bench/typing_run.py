@@ -14,7 +14,7 @@ from .memory import peak_rss_bytes
 from .typing_replay import SpeculationGate, read_metrics, replay
 from .typing_report import render_summary, summarise, write_results
 from .typing_session import line_offsets, plan_session
-from serve.speculate import LINES_AHEAD
+from serve.speculate import LINES_AHEAD, check_lines_ahead
 
 METRICS = ("cgserve_prompt_tokens_reused_total", "cgserve_prompt_tokens_computed_total",
            'cgserve_cancelled_total{reason="superseded"}', "cgserve_prefix_cache_bytes",
@@ -58,8 +58,7 @@ class TypingConfig:
         if self.tokenizer is not None and self.url:
             raise BenchError("--tokenizer goes with --model; for --url start cgserve with "
                              "--tokenizer DIR")
-        if not 1 <= self.speculate_lines <= 8:
-            raise BenchError("--speculate-lines must be 1 to 8 (off: --no-speculate)")
+        check_lines_ahead(self.speculate_lines)
         if self.more_lines and not self.lines:
             raise BenchError("further line ranges need a first one (--lines A-B,C-D)")
 

@@ -8,7 +8,7 @@ import click
 from engine.cli_common import user_errors, version_option
 
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServeConfig
-from .speculate import LINES_AHEAD
+from .speculate import LINES_AHEAD, MAX_LINES_AHEAD
 
 ENV = "CGSERVE_"
 
@@ -59,7 +59,8 @@ def _opt(*names, env: str, **kwargs):
            "with (its 150-line window moved down), so each line's first request reuses it; "
            "needs prefix reuse (off with --prefix-cache-mb 0).")
 @_opt("--speculate-lines", env="SPECULATE_LINES", default=LINES_AHEAD, type=int,
-      help="How many coming lines' prompt starts to compute, nearest first (1-8).")
+      help=f"How many coming lines' prompt starts to compute, nearest first "
+           f"(1-{MAX_LINES_AHEAD}).")
 @_opt("--log-prompts", env="LOG_PROMPTS", is_flag=True, default=False,
       help="Put prompt tails in the access log (off: prompts are private code).")
 @_opt("--log-level", env="LOG_LEVEL", default="info",

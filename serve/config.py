@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from engine import OptionError
 
-from .speculate import LINES_AHEAD
+from .speculate import LINES_AHEAD, check_lines_ahead
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8978
@@ -49,9 +49,7 @@ class ServeConfig:
         if self.prefix_cache_mb is not None and self.prefix_cache_mb < 0:
             raise OptionError(f"--prefix-cache-mb must be >= 0 (0 turns reuse off), "
                               f"got {self.prefix_cache_mb}")
-        if not 1 <= self.speculate_lines <= 8:
-            raise OptionError(f"--speculate-lines must be 1 to 8, got {self.speculate_lines} "
-                              "(turn warm-ups off with --no-speculate)")
+        check_lines_ahead(self.speculate_lines)
         if self.api_key is not None and not self.api_key.strip():
             object.__setattr__(self, "api_key", None)
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 
+from engine.errors import OptionError
+
 MAX_LINES = 150  # fauxpilot.maxLines default
 LEADING_LINES_PROP = 0.21  # vscode-fauxpilot src/Constants.ts
 
@@ -34,6 +36,14 @@ def window_lines(max_lines: int = MAX_LINES,
 
 HEAD_LINES, WINDOW_LINES = window_lines()  # 31, 119
 LINES_AHEAD = 2  # cgserve --speculate-lines: how many coming lines' prompts to compute
+MAX_LINES_AHEAD = 8
+
+
+def check_lines_ahead(lines: int) -> None:
+    """The --speculate-lines value, checked where cgserve and cgbench typing take it."""
+    if not 1 <= lines <= MAX_LINES_AHEAD:
+        raise OptionError(f"--speculate-lines must be 1 to {MAX_LINES_AHEAD}, got {lines} "
+                          "(turn warm-ups off with --no-speculate)")
 
 
 def line_prefixes(prompt, ahead: int = LINES_AHEAD, head_lines: int = HEAD_LINES,

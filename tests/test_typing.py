@@ -106,6 +106,8 @@ def test_bad_arguments_are_one_line_errors(source):
     assert both.exit_code == 1 and "exactly one" in both.output
     compare = runner.invoke(main, ["typing", str(source), "--url", "http://x:1", "--compare"])
     assert compare.exit_code == 1 and "--baseline-url" in compare.output
+    lines = runner.invoke(main, ["typing", str(source), "--model", "m", "--speculate-lines", "9"])
+    assert lines.exit_code == 1 and "--speculate-lines must be 1 to 8" in lines.output
 
 
 def test_prompt_window_follows_the_max_lines_setting():
