@@ -104,9 +104,7 @@ class NumpyDecoder:
         a = model.config.arch
         self.n_head, self.head_dim, self.half = a.n_head, a.head_dim, a.rotary_dim // 2
         self.eps = model.eps
-        # qkv rows: r1 | r2 (2 * heads * half each) | pass (2 * heads * (dim - 2 * half)) | v
-        rot = 2 * self.n_head * self.half
-        self.bounds = (rot, 2 * rot, 2 * rot + 2 * self.n_head * (self.head_dim - 2 * self.half))
+        self.bounds = tuple(model.qkv_bounds[1:4])  # ends of qkv_w's r1, r2 and pass rows
         names = ("ln_w", "ln_b", "qkv_w", "out_w", "fc_in_w", "fc_in_b", "fc_out_w", "fc_out_b")
         self.layers = [tuple(readonly_view(getattr(layer, name)) for name in names)
                        for layer in model.layers]

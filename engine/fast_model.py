@@ -25,6 +25,7 @@ from .cpu_decode import NumpyDecoder, readonly_view, writable_view
 from .runtime import Device, ensure_dygraph, import_paddle
 
 CACHE_BLOCK = 256  # KV-cache capacity grows in steps of this many positions
+ATTN_BLOCK = 256  # prompt queries attended together
 
 
 @dataclass
@@ -41,7 +42,6 @@ class Paused:
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.x.shape)) * self.x.element_size()
-ATTN_BLOCK = 256  # prompt queries attended together
 
 
 def _projection_columns(n_embd: int, n_head: int, head_dim: int, rotary_dim: int):
@@ -122,7 +122,8 @@ class FastCodeGen:
         scale = np.ones(3 * a.n_embd, np.float32)
         scale[q_cols] = 1.0 / math.sqrt(a.head_dim)  # attention's scale, folded into q
         order = np.concatenate([cols[part] for part in QKV_PARTS])
-        bounds = np.cumsum([0] + [cols[part].size for part in QKV_PARTS]).tolist()
+        # where qkv_w's row blocks start and end: [0, r1 end, r2 end, pass end, v end]
+        self.qkv_bounds = bounds = np.cumsum([0] + [cols[p].size for p in QKV_PARTS]).tolist()
         tensors = {}
         for name, array in arrays:
             if name.endswith("attn.qkv_proj.weight"):  # [in, out] -> rows r1 | r2 | pass | v
