@@ -279,7 +279,7 @@ class CompletionsHandler(BaseHandler):
         if self.state.config.log_prompts:
             self.summary["prompt"] = req.prompt[-200:]
         client = None
-        if state.config.supersede or state.config.speculate:  # speculate: one warm-up per client
+        if state.config.supersede or state.config.speculate:  # both work per client
             headers = self.request.headers
             client = client_key(req.user, headers.get("Authorization"), self.request.remote_ip,
                                 headers.get("User-Agent"))
