@@ -71,9 +71,14 @@ class Scheduler:
     """FIFO of jobs for one generator, run by one worker thread."""
 
     def __init__(self, generator, max_queue: int = 16, speculate: bool = False,
-                 lines_ahead: int = LINES_AHEAD):
+                 lines_ahead: int = LINES_AHEAD, max_batch: int | None = None,
+                 kv_cache_bytes: int | None = None):
+        """`max_batch`: sequences (rows) decoded together at most; `kv_cache_bytes`: the KV
+        cache running sequences may reserve (None: the engine's defaults)."""
         self.generator = generator
         self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.kv_cache_bytes = kv_cache_bytes
         # warm-ups need the engine's warm() and a prefix cache to keep what they compute
         self.speculate = bool(speculate and lines_ahead > 0
                               and callable(getattr(generator, "warm", None))
@@ -132,6 +137,22 @@ class Scheduler:
     def depth(self) -> int:
         """Jobs waiting (not counting the running one)."""
         return len(self._queue)
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted to the queue but not yet decoding."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        """Sequences (rows: n choices count n) being prefilled or decoded now."""
+        job = self._running
+        return job.params.n if job is not None else 0
+
+    @property
+    def batch_size(self) -> int:
+        """Rows in the most recent decode step."""
+        return self.running
 
     @property
     def busy(self) -> bool:
