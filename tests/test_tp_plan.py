@@ -1,0 +1,162 @@
+"""Tensor-parallel shard plan and shard readers: the shards reassemble into the full tensors."""
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import builders
+from engine.config import config_from_dict
+from engine.errors import OptionError, WeightFileError
+from engine.model import random_arrays
+from engine.tensor_parallel.plan import ShardPlan, check_world, parse_world
+from engine.tensor_parallel.shards import random_shards, read_shards
+from engine.variants import ARCHITECTURES, TINY, Architecture
+from engine.weights import read_weights, write_pdparams
+
+
+def _assemble(plans, per_rank: list[dict]) -> dict:
+    out = {}
+    for name in per_rank[0]:
+        s = plans[0].shard(name)
+        if s is None:
+            for arrays in per_rank[1:]:
+                np.testing.assert_array_equal(arrays[name], per_rank[0][name])
+            out[name] = per_rank[0][name]
+        else:
+            out[name] = np.concatenate([arrays[name] for arrays in per_rank], axis=s.axis)
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("size", ["350M", "2B", "6B", "16B"])
+def test_plan_covers_every_tensor(size, world):
+    arch = ARCHITECTURES[size]
+    plans = [ShardPlan(arch, r, world) for r in range(world)]
+    full = arch.tensor_shapes()
+    assert plans[0].n_head * world == arch.n_head
+    for name, shape in full.items():
+        s = plans[0].shard(name)
+        local = [p.local_shape(name, shape) for p in plans]
+        if s is None:
+            assert all(loc == shape for loc in local)
+        else:
+            assert sum(loc[s.axis] for loc in local) == shape[s.axis]
+            assert [p.shard(name).start for p in plans] == [
+                r * shape[s.axis] // world for r in range(world)]
+    total = sum(p.local_bytes(2) for p in plans)
+    assert total >= arch.weight_bytes("float16")
+
+
+def test_qkv_block_is_whole_mp_shards_of_whole_heads():
+    arch = ARCHITECTURES["16B"]
+    e = arch.n_embd
+    for world in (2, 4):
+        for r in range(world):
+            s = ShardPlan(arch, r, world).shard("transformer.h.0.attn.qkv_proj.weight")
+            mp = 3 * e // 4  # one [q | v | k] shard
+            assert s.start % mp == 0 and (s.stop - s.start) == mp * 4 // world
+            out = ShardPlan(arch, r, world).shard("transformer.h.0.attn.out_proj.weight")
+            # the out_proj rows are the rank's heads: mp shards r*4/N .. of E/4 rows each
+            assert (out.start, out.stop) == (s.start // 3, s.stop // 3)
+
+
+@pytest.mark.parametrize("world, fragment", [
+    (3, "must divide 4"), (8, "must divide 4"), (0, "give the number"), ("two", "give the number"),
+    (-2, "give the number")])
+def test_bad_world_is_one_clear_error(world, fragment):
+    with pytest.raises(OptionError, match=fragment) as info:
+        check_world(ARCHITECTURES["16B"], parse_world(world))
+    assert "\n" not in str(info.value) and "--tensor-parallel" in str(info.value)
+
+
+def test_heads_that_do_not_split():
+    arch = Architecture(n_layer=1, n_embd=48, n_head=4, rotary_dim=4)  # 4 heads: N=4 fine
+    check_world(arch, 4)
+    odd = Architecture(n_layer=1, n_embd=64, n_head=4, rotary_dim=4, n_inner=130)
+    with pytest.raises(OptionError, match="MLP"):
+        check_world(odd, 4)
+
+
+def _tiny_config():
+    return config_from_dict(TINY.arch.config_dict(), "tiny")
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("vocab_parallel", [False, True])
+def test_random_shards_match_random_arrays(world, vocab_parallel):
+    config = _tiny_config()
+    full = {n: np.array(a) for n, a in random_arrays(config, seed=3)}
+    plans = [ShardPlan(config.arch, r, world, vocab_parallel) for r in range(world)]
+    per_rank = [dict(random_shards(config, p, seed=3)) for p in plans]
+    for p, arrays in zip(plans, per_rank):
+        assert {n: a.shape for n, a in arrays.items()} == p.local_shapes()
+    joined = _assemble(plans, per_rank)
+    assert joined.keys() == full.keys()
+    for name in full:
+        np.testing.assert_array_equal(joined[name], full[name], err_msg=name)
+
+
+@pytest.mark.parametrize("fmt", ["pdparams", "safetensors"])
+@pytest.mark.parametrize("world", [2, 4])
+def test_file_shards_reassemble_and_each_tensor_is_read_once(tmp_path, fmt, world):
+    cfg = builders.write_model_dir(tmp_path / "m", fmt=fmt)
+    config = config_from_dict(cfg, "tiny")
+    path = tmp_path / "m" / ("model_state.pdparams" if fmt == "pdparams" else "model.safetensors")
+    full = read_weights(path)
+    plans = [ShardPlan(config.arch, r, world) for r in range(world)]
+    per_rank = []
+    for p in plans:
+        reads = Counter()
+        per_rank.append(dict(read_shards(path, config, p, reads)))
+        assert set(reads) == set(full) and set(reads.values()) == {1}
+        assert {n: a.shape for n, a in per_rank[-1].items()} == p.local_shapes()
+    joined = _assemble(plans, per_rank)
+    for name in full:
+        np.testing.assert_array_equal(joined[name], full[name], err_msg=name)
+
+
+def test_pdparams_split_pieces_and_generic_tuples_and_masks(tmp_path):
+    """Paddle's protocol-2 `name@@.N` pieces and (param_name, array) values; mask buffers go."""
+    cfg = builders.tiny_config(300, 299)
+    config = config_from_dict(cfg, "tiny")
+    state = builders.random_state(cfg)
+    obj = {k: (f"param_{i}", v) for i, (k, v) in enumerate(state.items())}
+    wte = obj.pop("transformer.wte.weight")[1]
+    flat = wte.reshape(-1)
+    obj["transformer.wte.weight@@.0"], obj["transformer.wte.weight@@.1"] = flat[:5000], flat[5000:]
+    obj["UnpackBigParamInfor@@"] = {"transformer.wte.weight": {
+        "OriginShape": list(wte.shape),
+        "slices": ["transformer.wte.weight@@.0", "transformer.wte.weight@@.1"]}}
+    obj["transformer.h.0.attn.causal_mask"] = np.ones((1, 1, 4, 4), bool)
+    path = tmp_path / "model_state.pdparams"
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+    plans = [ShardPlan(config.arch, r, 2) for r in range(2)]
+    joined = _assemble(plans, [dict(read_shards(path, config, p)) for p in plans])
+    assert joined.keys() == state.keys()
+    for name in state:
+        np.testing.assert_array_equal(joined[name], state[name], err_msg=name)
+
+
+def test_pdparams_with_code_is_refused(tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "model_state.pdparams"
+    path.write_bytes(pickle.dumps({"x": Evil()}, protocol=4))
+    config = _tiny_config()
+    with pytest.raises(WeightFileError, match="refusing to load: the pickle asks for"):
+        list(read_shards(path, config, ShardPlan(config.arch, 0, 2)))
+
+
+def test_shapes_are_checked_before_data(tmp_path):
+    cfg = builders.write_model_dir(tmp_path / "m", fmt="safetensors")
+    cfg["n_layer"] = 3
+    config = config_from_dict(cfg, "three layers")
+    with pytest.raises(Exception, match="missing"):
+        read_shards(tmp_path / "m" / "model.safetensors", config, ShardPlan(config.arch, 0, 2))
