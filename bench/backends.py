@@ -38,8 +38,9 @@ class PaddleBackend:
 
         self.point = point
         # No prefix reuse: every repeat sends the same prompt and must compute all of it.
-        self.gen = load(point.model_spec, dtype=point.dtype, device=point.device, seed=point.seed,
-                        impl=self.impl, prefix_cache_bytes=0)
+        self.gen = load(point.model_spec, dtype=point.dtype, device=point.load_device,
+                        seed=point.seed, impl=self.impl, prefix_cache_bytes=0,
+                        tensor_parallel=point.tensor_parallel)
         self.load_s = self.gen.load_s
         self.arch = self.gen.config.arch
         self.usable_ids = min(self.gen.tokenizer.usable_ids(), self.arch.vocab_size)

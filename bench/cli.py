@@ -37,12 +37,15 @@ def default_run_dir() -> Path:
 @click.option("--warmup", default=1, show_default=True, type=int, help="Warm-up runs per point.")
 @click.option("--backend", default="paddle", show_default=True, help="paddle (the engine), paddle-ref (the engine over PaddleNLP's model), hf (transformers); comma-separated.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--tensor-parallel", "tensor_parallel", default="1", show_default=True,
+              help="Processes (GPUs from --device on) to split the model over, comma-separated "
+                   "for a sweep, e.g. 1,2 (paddle backend; 1, 2 or 4).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default results/run-<time>).")
 @click.option("--resume", is_flag=True, help="Finish the run in --out: skip points already done.")
 @click.option("--timeout", "timeout_s", type=float, help="Give up on a point after this many seconds.")
 @user_errors
 def run(variants, sizes, data, weights, dtype, device, prompt_tokens, new_tokens, batch, repeats,
-        warmup, backend, seed, out, resume, timeout_s):
+        warmup, backend, seed, tensor_parallel, out, resume, timeout_s):
     """Sweep variants x shapes; each point in its own process; results in RUN/points.csv."""
     from .errors import BenchError
     from .plan import build_plan
@@ -52,7 +55,8 @@ def run(variants, sizes, data, weights, dtype, device, prompt_tokens, new_tokens
         raise BenchError("--resume needs --out RUN (the run directory to finish)")
     points = build_plan(variants=variants, sizes=sizes, data=data, weights=weights, dtype=dtype,
                         device=device, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                        batch=batch, repeats=repeats, warmup=warmup, backend=backend, seed=seed)
+                        batch=batch, repeats=repeats, warmup=warmup, backend=backend, seed=seed,
+                        tensor_parallel=tensor_parallel)
     out = out or default_run_dir()
     rows = run_sweep(points, out, resume=resume, timeout_s=timeout_s)
     failed = [r for r in rows if r["status"] != "ok"]

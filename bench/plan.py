@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.errors import EngineError
 from engine.runtime import DTYPES, check_dtype, parse_device
+from engine.tensor_parallel.plan import check_world
 from engine.variants import DATA, SIZES, get_variant
 
 from .errors import BenchError
@@ -35,6 +36,15 @@ class Point:
     repeats: int = 3
     warmup: int = 1
     seed: int = 0
+    tensor_parallel: int = 1  # processes (GPUs) the model is split over
+
+    @property
+    def load_device(self) -> str:
+        """What `engine.load` takes: the device, or N GPUs from it under tensor parallelism."""
+        if self.tensor_parallel == 1 or self.device == "cpu":
+            return self.device
+        first = int(self.device.split(":")[1])
+        return "gpu:" + ",".join(str(first + i) for i in range(self.tensor_parallel))
 
     @property
     def model_spec(self) -> str:
@@ -47,12 +57,13 @@ class Point:
     def point_id(self) -> str:
         weights = "random" if self.weights == "random" else Path(self.weights).name
         return (f"{get_variant(self.variant).short_name}/{weights}/{self.backend}/{self.dtype}/"
-                f"{self.device}/p{self.prompt_tokens}/n{self.new_tokens}/b{self.batch}")
+                f"{self.device}/p{self.prompt_tokens}/n{self.new_tokens}/b{self.batch}"
+                + (f"/tp{self.tensor_parallel}" if self.tensor_parallel > 1 else ""))
 
     def key(self) -> tuple:
         return tuple(str(getattr(self, c)) for c in (
             "variant", "weights", "backend", "dtype", "device", "prompt_tokens", "new_tokens",
-            "batch"))
+            "batch", "tensor_parallel"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,7 +143,8 @@ def build_plan(variants: str | None = None, sizes: str | None = None, data: str 
                weights: str = "random", dtype: str | None = None, device: str = "cpu",
                prompt_tokens: str | None = None, new_tokens: str | None = None,
                batch: str | None = None, repeats: int | None = None, warmup: int | None = None,
-               backend: str | None = None, seed: int = 0) -> list[Point]:
+               backend: str | None = None, seed: int = 0,
+               tensor_parallel: str | None = None) -> list[Point]:
     """Every point of the sweep, in the order they will run (backends of one shape together)."""
     try:
         dev = str(parse_device(device))
@@ -157,6 +169,16 @@ def build_plan(variants: str | None = None, sizes: str | None = None, data: str 
     prompts = parse_ints(prompt_tokens, "--prompt-tokens", DEFAULTS["prompt_tokens"])
     news = parse_ints(new_tokens, "--new-tokens", DEFAULTS["new_tokens"])
     batches = parse_ints(batch, "--batch", DEFAULTS["batch"])
+    ways = parse_ints(tensor_parallel, "--tensor-parallel", (1,))
+    for n in ways:
+        if n > 1 and any(b != "paddle" for b in backends):
+            raise BenchError(f"--tensor-parallel {n}: only the paddle backend splits a model over "
+                             "processes; use --backend paddle")
+        for name in names:
+            try:
+                check_world(get_variant(name).arch, n, name)
+            except EngineError as exc:
+                raise BenchError(str(exc)) from None
     repeats = DEFAULTS["repeats"] if repeats is None else repeats
     warmup = DEFAULTS["warmup"] if warmup is None else warmup
     if repeats < 1:
@@ -175,9 +197,10 @@ def build_plan(variants: str | None = None, sizes: str | None = None, data: str 
             for p in prompts:
                 for n in news:
                     for bs in batches:
-                        for b in backends:
-                            points.append(Point(name, sources[name], b, d, dev, p, n, bs,
-                                                repeats, warmup, seed))
+                        for tp in ways:
+                            for b in backends:
+                                points.append(Point(name, sources[name], b, d, dev, p, n, bs,
+                                                    repeats, warmup, seed, tp))
     return points
 
 

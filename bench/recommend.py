@@ -10,6 +10,13 @@ A variant fits when that is at most HEADROOM of the GPU's memory (allocator frag
 Latency limits use the run's paddle measurements at the prompt length asked for, scaled by weight
 bytes (tpot, bandwidth bound) or parameters (ttft, compute bound) for unmeasured sizes; with
 `--gpu NAME` and a run from another device, the bandwidth floor of that GPU at 80% efficiency.
+
+With `--gpus N > 1`, a variant too big for one GPU is tried split over 2 or 4 of them (tensor
+parallelism, `cgserve MODEL --tensor-parallel K`): per GPU it needs its shard of the weights
+(engine/tensor_parallel/plan.py: the layers' matrices / K, embedding and lm_head whole), its
+heads' part of the KV cache (float32 where the GPU computes in float32: a P40's float16 storage),
+the prefill workspace of its heads and MLP columns, and the CUDA context.  Decode latency is
+scaled by the bytes one GPU reads per step (its shard), the all-reduces not counted.
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from engine.errors import OptionError
+from engine.tensor_parallel.plan import ShardPlan, check_world
 from engine.variants import ARCHITECTURES, DATA_NOTES, SIZES, TINY, get_variant
 
 from .errors import BenchError
@@ -54,6 +63,7 @@ class Candidate:
     how: str  # measured / estimated
     fits: bool = False
     split_fits: bool = False
+    tensor_parallel: int = 1  # GPUs the model is split over (cgserve --tensor-parallel)
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     latency_how: str = ""
@@ -69,6 +79,32 @@ def estimate_need_mb(size: str, dtype: str, context: int, batch: int, gpus: int 
     per_byte = 4 if dtype == "float32" else 2
     total = (arch.weight_bytes(dtype) + arch.kv_bytes_per_token(dtype) * context * batch) / gpus
     return (total + workspace_bytes(arch, context, per_byte)) / MiB + CUDA_CONTEXT_MB
+
+
+def tensor_parallel_need_mb(size: str, dtype: str, context: int, batch: int, world: int,
+                            kv_dtype: str = "float32") -> float:
+    """Memory on each of `world` GPUs for a variant split `world` ways (see the docstring)."""
+    arch = ARCHITECTURES[size] if size != "tiny" else TINY.arch
+    per_byte = 4 if dtype == "float32" else 2
+    weights = ShardPlan(arch, 0, world).local_bytes(per_byte)
+    kv = arch.kv_bytes_per_token(kv_dtype) * context * batch / world
+    scores = 2 * (arch.n_head // world) * context * context * 4
+    mlp = context * (arch.inner_dim // world) * 4 * 2
+    return (weights + kv + scores + mlp) / MiB + CUDA_CONTEXT_MB
+
+
+def split_ways(size: str, gpus: int) -> list[int]:
+    """Tensor-parallel widths this variant can run at on `gpus` GPUs (more than one)."""
+    arch = ARCHITECTURES[size] if size != "tiny" else TINY.arch
+    out = []
+    for world in (2, 4):
+        if world <= gpus:
+            try:
+                check_world(arch, world)
+            except OptionError:
+                continue
+            out.append(world)
+    return out
 
 
 def _measured_memory(rows: list[dict], size: str, dtype: str, context: int, batch: int):
@@ -135,13 +171,26 @@ def recommend(rows: list[dict], env: dict, memory_mb: float, gpus: int = 1,
                 need = estimate_need_mb(size, dtype, context, batch)
             c = Candidate(size, dtype, need, how, reasons=[])
             c.fits = need <= memory_mb * HEADROOM
-            c.split_fits = gpus > 1 and estimate_need_mb(size, dtype, context, batch, gpus) <= memory_mb * HEADROOM
             if not c.fits:
+                for world in split_ways(size, gpus):
+                    split = tensor_parallel_need_mb(size, dtype, context, batch, world)
+                    if split <= memory_mb * HEADROOM:
+                        c.fits = c.split_fits = True
+                        c.need_mb, c.how, c.tensor_parallel = split, f"estimated, {world}-way split", world
+                        break
+            if not c.fits:
+                ways = split_ways(size, gpus)
                 c.reasons.append(f"needs {need / 1024:.1f} GiB ({how}) > {HEADROOM:.0%} of "
                                  f"{memory_mb / 1024:.0f} GiB" + (
-                                     f"; split over {gpus} GPUs it would fit, but cgserve runs a "
-                                     "model on one device" if c.split_fits else ""))
+                                     f"; split {ways[-1]} ways still "
+                                     f"{tensor_parallel_need_mb(size, dtype, context, batch, ways[-1]) / 1024:.1f}"
+                                     f" GiB per GPU" if ways else ""))
             c.ttft_ms, c.tpot_ms, c.latency_how = _latency(rows, size, dtype, prompt, gpu_name, run_gpu)
+            if c.tensor_parallel > 1 and c.tpot_ms is not None:  # each GPU reads its shard
+                arch = ARCHITECTURES[size]
+                c.tpot_ms *= (ShardPlan(arch, 0, c.tensor_parallel).local_bytes(1)
+                              / arch.param_count)
+                c.latency_how += f", per GPU of {c.tensor_parallel}"
             if max_ttft_ms is not None:
                 if c.ttft_ms is None:
                     c.reasons.append("ttft unknown (not measured on this device)")
@@ -170,16 +219,25 @@ def render_recommendation(result: dict) -> str:
             lat.append(f"ttft {chosen.ttft_ms:.0f} ms at {result['prompt_tokens']} prompt tokens")
         if chosen.tpot_ms is not None:
             lat.append(f"tpot {chosen.tpot_ms:.1f} ms")
+        tp = chosen.tensor_parallel
         lines.append(f"recommended: {name} {chosen.dtype} - needs {chosen.need_mb / 1024:.1f} GiB "
                      f"({chosen.how}) of {result['memory_mb'] / 1024:.0f} GiB per GPU"
+                     + (f" on each of {tp} GPUs" if tp > 1 else "")
                      + (f"; {', '.join(lat)} ({chosen.latency_how})" if lat else ""))
-        if result["gpus"] > 1:
+        if tp > 1:
+            lines.append(f"  run: cgserve /models/{name} --tensor-parallel {tp} --dtype "
+                         f"{chosen.dtype} --device gpu (GPUs 0..{tp - 1}; each holds 1/{tp} of "
+                         "every layer, its heads' KV cache, and the embedding and lm_head whole)")
+            if result["gpus"] > tp:
+                lines.append(f"  with {result['gpus']} GPUs: {result['gpus'] // tp} such servers")
+        elif result["gpus"] > 1:
             lines.append(f"  with {result['gpus']} GPUs: run {result['gpus']} replicas (one cgserve per GPU)")
         lines.append(f"  data '{data}': {DATA_NOTES[data]} (use --data for other languages)")
         target = lookup_gpu(result["gpu_name"]) if result.get("gpu_name") else None
         if target and target.note and chosen.dtype != "float32":
-            lines.append(f"  note: {target.name}: {target.note}; the engine computes in "
-                         f"{chosen.dtype}, so expect decoding well above the floor estimate")
+            lines.append(f"  note: {target.name}: {target.note}; the engine stores {chosen.dtype} "
+                         "and computes in float32 on GPUs older than compute capability 7.0, "
+                         "so expect decoding above the floor estimate")
     else:
         lines.append("no variant fits these limits")
     lines.append("others:")
@@ -195,7 +253,8 @@ def recommendation_dict(result: dict) -> dict:
     def one(c):
         return None if c is None else {
             "size": c.size, "dtype": c.dtype, "need_mb": round(c.need_mb, 1), "how": c.how,
-            "fits": c.fits, "split_fits": c.split_fits, "ttft_ms": c.ttft_ms, "tpot_ms": c.tpot_ms,
+            "fits": c.fits, "split_fits": c.split_fits, "tensor_parallel": c.tensor_parallel,
+            "ttft_ms": c.ttft_ms, "tpot_ms": c.tpot_ms,
             "latency_how": c.latency_how, "reasons": c.reasons}
 
     chosen = result["chosen"]

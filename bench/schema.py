@@ -34,6 +34,8 @@ IDENTITY = [
     ("prompt_tokens", "prompt length in tokens (random ids of exactly this length)"),
     ("new_tokens", "tokens generated per request; EOS ignored so every run makes exactly this many"),
     ("batch", "rows decoded together (n choices of one prompt: one prefill, batched decode)"),
+    ("tensor_parallel", "processes (GPUs) the model is split over (`--tensor-parallel`; 1: one "
+                        "device; runs before this column existed read as 1)"),
     ("repeats", "measured runs (after the warm-up runs)"),
     ("warmup", "unmeasured runs before the measured ones"),
     ("seed", "seed of the random weights and prompts"),
@@ -99,11 +101,12 @@ def all_columns() -> list[tuple[str, str]]:
 
 COLUMNS = [name for name, _ in all_columns()]
 KEY_COLUMNS = ("variant", "weights", "backend", "dtype", "device", "prompt_tokens", "new_tokens",
-               "batch")
+               "batch", "tensor_parallel")
+DEFAULTED = {"tensor_parallel": "1"}  # columns added later: a file without them reads this
 NUMERIC = {n for n in COLUMNS if n.endswith(("_ms", "_mb", "_s", "_gbps", "_count", "_bytes",
                                              "_per_token", "_tokens", "_per_s", "_version"))
            or n.split("_")[-1] in STATS or n in (
-               "batch", "repeats", "warmup", "seed", "param_count", "pct_of_floor", "rss_samples",
+               "batch", "tensor_parallel", "repeats", "warmup", "seed", "param_count", "pct_of_floor", "rss_samples",
                "gpu_samples", "point_wall_s", "latency_count", "itl_count")}
 
 
@@ -150,11 +153,11 @@ def read_points(run_dir: Path) -> list[dict]:
                           f"{SCHEMA_VERSION}; rerun the sweep (or use the cgbench that wrote it)")
     if not rows and header != COLUMNS:
         raise SchemaError(f"{path}: columns differ from schema version {SCHEMA_VERSION}")
-    missing = [c for c in COLUMNS if c not in header]
+    missing = [c for c in COLUMNS if c not in header and c not in DEFAULTED]
     if missing:
         raise SchemaError(f"{path}: column {missing[0]!r} missing for schema version "
                           f"{SCHEMA_VERSION}; the file was edited or written by another cgbench")
-    return [{k: _parse(k, v) for k, v in row.items()} for row in rows]
+    return [{k: _parse(k, v) for k, v in {**DEFAULTED, **row}.items()} for row in rows]
 
 
 def write_points(run_dir: Path, rows: list[dict]) -> Path:

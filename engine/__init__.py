@@ -28,7 +28,7 @@ DEFAULT_MODEL = "random:350M-mono"
 def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
          seed: int = 0, impl: str = "fast",
          prefix_cache_bytes: int | None = None,
-         tokenizer: str | Path | None = None) -> Generator:
+         tokenizer: str | Path | None = None, tensor_parallel: int = 1) -> Generator:
     """Load a model directory or `random:<variant>` and return its Generator.
 
     `impl`: "fast" (the engine's own Paddle forward) or "reference" (PaddleNLP's
@@ -37,14 +37,27 @@ def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str 
     reusing the prompts of earlier requests (fast impl only; 0 turns reuse off,
     None: four full contexts).  `tokenizer`: with `random:<variant>`, a directory of
     CodeGen-layout BPE files (vocab.json, merges.txt, added_tokens.json; e.g. from
-    `cgbench train-tokenizer`) to use instead of one token per byte.  Never
+    `cgbench train-tokenizer`) to use instead of one token per byte.
+    `tensor_parallel`: split the model over this many processes (1, 2 or 4; `device` "gpu"
+    means GPUs 0..N-1, or a list "gpu:0,1"; see engine/tensor_parallel); this process becomes
+    rank 0 and starts the others, which stop when it does.  Never
     contacts a hub or download server.  Raises :class:`EngineError` subclasses, each
     with a one-line message naming the problem and the fix.
     """
     from .model import load_directory, load_random
 
-    dev = parse_device(device)
     spec = str(model)
+    if tensor_parallel != 1:
+        from .tensor_parallel.load import load_tensor_parallel
+        from .tensor_parallel.plan import parse_world
+
+        if tokenizer is not None and not spec.startswith(RANDOM_PREFIX):
+            raise OptionError(f"{spec}: a tokenizer directory goes only with random:<variant>; "
+                              "a model directory uses the tokenizer files beside its weights")
+        loaded = load_tensor_parallel(spec, dtype, device, parse_world(tensor_parallel), seed,
+                                      impl, tokenizer)
+        return Generator(loaded, prefix_cache_bytes=prefix_cache_bytes)
+    dev = parse_device(device)
     if spec.startswith(RANDOM_PREFIX):
         loaded = load_random(spec[len(RANDOM_PREFIX):], dtype, dev, seed, impl,
                              None if tokenizer is None else Path(tokenizer))

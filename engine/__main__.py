@@ -19,15 +19,19 @@ from .cli_common import user_errors, version_option
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--seed", type=int, default=None)
 @click.option("--dtype", default="float32", show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu or gpu:N")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu or gpu:N; with --tensor-parallel: gpu (GPUs 0..N-1) or gpu:0,1")
+@click.option("--tensor-parallel", default=1, show_default=True, type=int,
+              help="Split the model over N processes/GPUs (1, 2 or 4).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @version_option("engine")
 @user_errors
-def main(model, prompt, max_new_tokens, temperature, top_p, stop, seed, dtype, device, as_json):
+def main(model, prompt, max_new_tokens, temperature, top_p, stop, seed, dtype, device,
+         tensor_parallel, as_json):
     """Complete PROMPT with MODEL (a model directory or random:<variant>)."""
     from . import SamplingParams, load
 
-    gen = load(model, dtype=dtype, device=device)
+    gen = load(model, dtype=dtype, device=device, tensor_parallel=tensor_parallel)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             stop=tuple(stop), seed=seed)
     stream = gen.stream(prompt, params)

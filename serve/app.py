@@ -64,6 +64,15 @@ class ServerState:
         self.status = READY
 
 
+def model_failure(generator) -> str | None:
+    """Why the model cannot run any more (a tensor-parallel rank is lost), else None."""
+    return getattr(getattr(generator, "model", None), "failure", None)
+
+
+def unavailable(message: str) -> ApiError:
+    return overloaded(message, retry_after_s=30, code="model_unavailable")
+
+
 def cache_reading(generator, name: str) -> float:
     """A number from the engine's prefix cache (0 when there is none); it changes under us."""
     cache = getattr(generator, "prefix_cache", None)
@@ -185,7 +194,10 @@ class HealthHandler(BaseHandler):
     def get(self) -> None:
         state = self.state
         body = {"status": state.status, "model": state.config.served_name}
-        if state.status == READY:
+        failure = model_failure(state.generator)
+        if failure:
+            body.update(status="failed", error=failure)
+        if state.status == READY and not failure:
             body.update(queue_depth=state.scheduler.depth, busy=state.scheduler.busy)
             self.send_json(body)
         else:
@@ -272,6 +284,9 @@ class CompletionsHandler(BaseHandler):
         state = self.state
         if state.status != READY:
             raise not_ready(state.status)
+        failure = model_failure(state.generator)
+        if failure:
+            raise unavailable(failure)
         req = protocol.parse_completion(protocol.parse_body(b"".join(self.chunks)))
         self.chunks.clear()
         params = req.sampling_params(state.config.truncate)
@@ -435,6 +450,8 @@ class CompletionsHandler(BaseHandler):
             if self.job.cancel_reason == "shutdown":
                 return not_ready(STOPPING)
             return overloaded("timed out waiting in the queue; retry shortly", code="queue_timeout")
+        if getattr(done.error, "http_status", None) == 503:  # the model cannot run any more
+            return unavailable(str(done.error))
         if isinstance(done.error, OptionError):
             return protocol.engine_error(done.error)
         if isinstance(done.error, EngineError):

@@ -32,6 +32,7 @@ class ServeConfig:
     supersede: bool = True  # a newer request from the same client cancels its stale ones
     speculate: bool = True  # while idle, compute the start of a client's next-line prompts
     speculate_lines: int = LINES_AHEAD  # ... for this many coming lines
+    tensor_parallel: int = 1  # processes (GPUs) the model is split over
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -50,6 +51,16 @@ class ServeConfig:
             raise OptionError(f"--prefix-cache-mb must be >= 0 (0 turns reuse off), "
                               f"got {self.prefix_cache_mb}")
         check_lines_ahead(self.speculate_lines)
+        if self.tensor_parallel != 1:
+            from engine.tensor_parallel.load import model_config
+            from engine.tensor_parallel.plan import check_world, parse_world
+
+            parse_world(self.tensor_parallel)
+            if self.impl != "fast":
+                raise OptionError(f"--impl {self.impl} cannot run split over GPUs (PaddleNLP's "
+                                  "CodeGen has no tensor parallelism); use --impl fast")
+            config = model_config(str(self.model))  # config.json only: nothing loads yet
+            check_world(config.arch, self.tensor_parallel, config.source)
         if self.api_key is not None and not self.api_key.strip():
             object.__setattr__(self, "api_key", None)
 
@@ -71,6 +82,8 @@ class ServeConfig:
     def load_kwargs(self) -> dict:
         """Arguments for `engine.load`."""
         kwargs = {"dtype": self.dtype, "device": self.device, "impl": self.impl}
+        if self.tensor_parallel != 1:
+            kwargs["tensor_parallel"] = self.tensor_parallel
         if self.prefix_cache_mb is not None:
             kwargs["prefix_cache_bytes"] = int(self.prefix_cache_mb * 2**20)
         return kwargs

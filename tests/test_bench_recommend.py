@@ -46,13 +46,37 @@ def test_estimate_adds_weights_kv_and_context():
     assert estimate_need_mb("6B", "float16", 2048, 1, gpus=2) < need
 
 
-def test_two_p40s_get_6B_float16_and_reasons_for_the_bigger_ones():
-    result = recommend([row(gpu_mb=2500)], {}, parse_memory("24GB"), gpus=2)
+def test_one_p40_gets_6B_float16_and_reasons_for_the_bigger_ones():
+    result = recommend([row(gpu_mb=2500)], {}, parse_memory("24GB"), gpus=1)
     chosen = result["chosen"]
     assert (chosen.size, chosen.dtype, chosen.how) == ("6B", "float16", "estimated")
+    assert chosen.tensor_parallel == 1
     why = {c.label: c.reasons for c in result["candidates"]}
-    assert "split over 2 GPUs it would fit" in why["16B float16"][0]
+    assert "> 95% of 24 GiB" in why["16B float16"][0] and "split" not in why["16B float16"][0]
     assert "> 95% of 24 GiB" in why["6B float32"][0]
+
+
+@pytest.mark.parametrize("data", ["multi", "mono"])
+def test_two_p40s_get_16B_float16_split_two_ways(data):
+    from bench.recommend import render_recommendation, tensor_parallel_need_mb
+
+    result = recommend([row(gpu_mb=2500)], {}, parse_memory("24GB"), gpus=2, data=data)
+    chosen = result["chosen"]
+    assert (chosen.size, chosen.dtype, chosen.tensor_parallel) == ("16B", "float16", 2)
+    arch = ARCHITECTURES["16B"]
+    # per GPU: half the layers' weights plus the whole embedding and lm_head, half the KV
+    # cache (float32 on a P40), the workspace of 12 heads, the CUDA context
+    replicated = 2 * arch.vocab_size * arch.n_embd * 2
+    weights = (arch.weight_bytes("float16") - replicated) / 2 + replicated
+    kv = arch.kv_bytes_per_token("float32") * 2048 / 2
+    assert weights / MiB + kv / MiB + CUDA_CONTEXT_MB < chosen.need_mb < (
+        weights + kv) / MiB + CUDA_CONTEXT_MB + 1024
+    assert chosen.need_mb == tensor_parallel_need_mb("16B", "float16", 2048, 1, 2)
+    text = render_recommendation(result)
+    assert text.startswith(f"recommended: codegen-16B-{data} float16")
+    assert f"cgserve /models/codegen-16B-{data} --tensor-parallel 2 --dtype float16" in text
+    why = {c.label: c.reasons for c in result["candidates"]}
+    assert "split 2 ways still" in why["16B float32"][0]
 
 
 def test_measured_memory_is_used_and_extended_to_the_full_context():
@@ -89,7 +113,8 @@ def test_cli_recommend_text_json_and_nothing_fits(tmp_path):
     runner = CliRunner()
     text = runner.invoke(main, ["recommend", str(tmp_path), "--memory", "24GB", "--gpus", "2"])
     assert text.exit_code == 0, text.output
-    assert text.output.startswith("recommended: codegen-6B-mono float16")
+    assert text.output.startswith("recommended: codegen-16B-mono float16")
+    assert "--tensor-parallel 2" in text.output
     assert "16B float32" in text.output
     data = json.loads(runner.invoke(main, ["recommend", str(tmp_path), "--memory", "24GB",
                                            "--json", "--data", "multi"]).output)
