@@ -28,14 +28,16 @@ DEFAULT_MODEL = "random:350M-mono"
 def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
          seed: int = 0, impl: str = "fast",
          prefix_cache_bytes: int | None = None,
-         tokenizer: str | Path | None = None) -> Generator:
+         tokenizer: str | Path | None = None, max_batch: int = 8,
+         kv_cache_bytes: int | None = None) -> Generator:
     """Load a model directory or `random:<variant>` and return its Generator.
 
     `impl`: "fast" (the engine's own Paddle forward) or "reference" (PaddleNLP's
     CodeGenForCausalLM, which the tests compare the fast one against); both give
     the same logits to float rounding.  `prefix_cache_bytes`: KV-cache budget for
-    reusing the prompts of earlier requests (fast impl only; 0 turns reuse off,
-    None: four full contexts).  `tokenizer`: with `random:<variant>`, a directory of
+    reusing the prompts of earlier requests (0 turns reuse off, None: four full
+    contexts).  `max_batch`: sequences decoded together; `kv_cache_bytes`: the KV
+    cache running requests may reserve (None: `max_batch` full contexts).  `tokenizer`: with `random:<variant>`, a directory of
     CodeGen-layout BPE files (vocab.json, merges.txt, added_tokens.json; e.g. from
     `cgbench train-tokenizer`) to use instead of one token per byte.  Never
     contacts a hub or download server.  Raises :class:`EngineError` subclasses, each
@@ -53,7 +55,8 @@ def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str 
             raise OptionError(f"{spec}: a tokenizer directory goes only with random:<variant>; "
                               "a model directory uses the tokenizer files beside its weights")
         loaded = load_directory(Path(spec).expanduser(), dtype, dev, impl)
-    return Generator(loaded, prefix_cache_bytes=prefix_cache_bytes)
+    return Generator(loaded, prefix_cache_bytes=prefix_cache_bytes, max_batch=max_batch,
+                     kv_cache_bytes=kv_cache_bytes)
 
 
 __all__ = [
