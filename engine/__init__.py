@@ -28,15 +28,17 @@ DEFAULT_MODEL = "random:350M-mono"
 def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
          seed: int = 0, impl: str = "fast",
          prefix_cache_bytes: int | None = None,
-         tokenizer: str | Path | None = None, tensor_parallel: int = 1) -> Generator:
+         tokenizer: str | Path | None = None, max_batch: int = 8,
+         kv_cache_bytes: int | None = None, tensor_parallel: int = 1) -> Generator:
     """Load a model directory or `random:<variant>` and return its Generator.
 
     `impl`: "fast" (the engine's own Paddle forward) or "reference" (PaddleNLP's
     CodeGenForCausalLM, which the tests compare the fast one against); both give
     the same logits to float rounding.  `prefix_cache_bytes`: KV-cache budget for
-    reusing the prompts of earlier requests (fast impl only; 0 turns reuse off,
-    None: four full contexts).  `tokenizer`: with `random:<variant>`, a directory of
-    CodeGen-layout BPE files (vocab.json, merges.txt, added_tokens.json; e.g. from
+    reusing the prompts of earlier requests (0 turns reuse off, None: four full
+    contexts).  `max_batch`: sequences decoded together; `kv_cache_bytes`: the KV
+    cache running requests may reserve (None: `max_batch` full contexts).  `tokenizer`: with
+    `random:<variant>`, a directory of CodeGen-layout BPE files (vocab.json, merges.txt, added_tokens.json; e.g. from
     `cgbench train-tokenizer`) to use instead of one token per byte.
     `tensor_parallel`: split the model over this many processes (1, 2 or 4; `device` "gpu"
     means GPUs 0..N-1, or a list "gpu:0,1"; see engine/tensor_parallel); this process becomes
@@ -56,7 +58,8 @@ def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str 
                               "a model directory uses the tokenizer files beside its weights")
         loaded = load_tensor_parallel(spec, dtype, device, parse_world(tensor_parallel), seed,
                                       impl, tokenizer)
-        return Generator(loaded, prefix_cache_bytes=prefix_cache_bytes)
+        return Generator(loaded, prefix_cache_bytes=prefix_cache_bytes, max_batch=max_batch,
+                         kv_cache_bytes=kv_cache_bytes)
     dev = parse_device(device)
     if spec.startswith(RANDOM_PREFIX):
         loaded = load_random(spec[len(RANDOM_PREFIX):], dtype, dev, seed, impl,
@@ -66,7 +69,8 @@ def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str 
             raise OptionError(f"{spec}: a tokenizer directory goes only with random:<variant>; "
                               "a model directory uses the tokenizer files beside its weights")
         loaded = load_directory(Path(spec).expanduser(), dtype, dev, impl)
-    return Generator(loaded, prefix_cache_bytes=prefix_cache_bytes)
+    return Generator(loaded, prefix_cache_bytes=prefix_cache_bytes, max_batch=max_batch,
+                     kv_cache_bytes=kv_cache_bytes)
 
 
 __all__ = [

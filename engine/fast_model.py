@@ -22,6 +22,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .cpu_decode import NumpyDecoder, readonly_view, writable_view
+from .interface import KVCache, Prefill
 from .runtime import Device, ensure_dygraph, import_paddle
 
 CACHE_BLOCK = 256  # KV-cache capacity grows in steps of this many positions
@@ -44,10 +45,11 @@ class Paused:
         return int(np.prod(self.x.shape)) * self.x.element_size()
 
 
-def _projection_columns(n_embd: int, n_head: int, head_dim: int, rotary_dim: int):
+def _projection_columns(n_embd: int, n_head: int, head_dim: int, rotary_dim: int, mp: int = 4):
     """Columns of CodeGen's qkv weight for four projections with contiguous outputs.
 
-    CodeGen's qkv holds 4 shards of [q | v | k] (whole heads each) and rotates
+    CodeGen's qkv holds 4 shards of [q | v | k] (whole heads each; a tensor-parallel rank of N
+    holds 4 / N of them: `mp`, with `n_embd` and `n_head` its part) and rotates
     interleaved pairs (0,1), (2,3)... of the first `rotary_dim` dims of every head.
     We take, for q and k together: the first member of every pair (`r1`), the second
     (`r2`), the dims that do not rotate (`pass`), and v.  Rotary is then four
@@ -55,9 +57,9 @@ def _projection_columns(n_embd: int, n_head: int, head_dim: int, rotary_dim: int
     as [firsts | seconds | pass]: the same permutation for q and k, so every q.k
     product, and so attention, is unchanged.  Returns ({name: columns}, q_columns).
     """
-    shard = n_embd // 4
+    shard = n_embd // mp
     q_cols, k_cols, v_cols = [], [], []
-    for m in range(4):
+    for m in range(mp):
         base = m * 3 * shard
         q_cols.append(np.arange(base, base + shard))
         v_cols.append(np.arange(base + shard, base + 2 * shard))
@@ -104,10 +106,18 @@ class _Layer:
 
 
 class FastCodeGen:
-    """CodeGen forward with a preallocated KV cache; `prefill`/`decode` like PaddleCodeGen."""
+    """CodeGen forward over per-sequence KV caches: the engine's `Model` (engine/interface.py).
+
+    Under tensor parallelism (`shard=(rank, world)`) it holds one rank's part: the arrays it is
+    given are already that rank's slices (its heads' q/k/v columns and out_proj rows, its
+    fc_in columns and fc_out rows; engine/tensor_parallel), and `reduce` all-reduces, once per
+    layer, the sum of the attention and MLP partial outputs (a Paddle tensor, or a numpy array
+    in the CPU decode step) in place across the ranks.
+    """
 
     def __init__(self, arrays, config: ModelConfig, dtype: str, device: Device,
-                 compute_dtype: str | None = None):
+                 compute_dtype: str | None = None, shard: tuple[int, int] = (0, 1),
+                 reduce=None):
         """`arrays`: (name, numpy array) pairs in PaddleNLP's layout, in any order; each is
         copied to the device as it comes (the caller may reuse its buffers).  Matrices are
         stored as `dtype`; vectors, activations and the KV cache use `compute_dtype`."""
@@ -116,10 +126,14 @@ class FastCodeGen:
         self.compute = compute_dtype or dtype
         self.mixed = self.compute != dtype
         a = config.arch
-        self.n_head, self.head_dim, self.rot = a.n_head, a.head_dim, a.rotary_dim
+        self.rank, self.world = shard
+        self.reduce = reduce
+        self.n_head, self.head_dim, self.rot = a.n_head // self.world, a.head_dim, a.rotary_dim
         self.eps = config.layer_norm_epsilon
-        cols, q_cols = _projection_columns(a.n_embd, a.n_head, a.head_dim, a.rotary_dim)
-        scale = np.ones(3 * a.n_embd, np.float32)
+        width = a.n_embd // self.world  # this rank's q (and k, and v) columns
+        cols, q_cols = _projection_columns(width, self.n_head, a.head_dim, a.rotary_dim,
+                                           4 // self.world)
+        scale = np.ones(3 * width, np.float32)
         scale[q_cols] = 1.0 / math.sqrt(a.head_dim)  # attention's scale, folded into q
         order = np.concatenate([cols[part] for part in QKV_PARTS])
         # where qkv_w's row blocks start and end: [0, r1 end, r2 end, pass end, v end]
@@ -203,18 +217,18 @@ class FastCodeGen:
     def _host_cache_write(self, qk, v, keys, values, pos: int):
         """CPU float32: the strided copies into the cache through numpy views of the same
         memory (Paddle's CPU strided copy runs ~0.4 GB/s: 15 ms per layer at 1024 tokens,
-        numpy's 0.2 ms); returns q [B, H, T, D] as a contiguous tensor."""
-        b, t = qk.shape[:2]
-        qk_np = readonly_view(qk)  # [B, T, 2, H, D]
+        numpy's 0.2 ms); returns q [1, H, T, D] as a contiguous tensor."""
+        t = qk.shape[1]
+        qk_np = readonly_view(qk)  # [1, T, 2, H, D]
         writable_view(keys)[:, :, pos:pos + t] = qk_np[:, :, 1].transpose(0, 2, 1, 3)
         writable_view(values)[:, :, pos:pos + t] = readonly_view(v).reshape(
-            b, t, self.n_head, self.head_dim).transpose(0, 2, 1, 3)
-        q = self._paddle.empty([b, self.n_head, t, self.head_dim], "float32")
+            1, t, self.n_head, self.head_dim).transpose(0, 2, 1, 3)
+        q = self._paddle.empty([1, self.n_head, t, self.head_dim], "float32")
         writable_view(q)[...] = qk_np[:, :, 0].transpose(0, 2, 1, 3)
         return q
 
     def _attend(self, q, keys, values, pos: int):
-        """Causal attention of q [B, H, T, D] (positions pos..) over the cache [B, H, cap, D].
+        """Causal attention of q [1, H, T, D] (positions pos..) over one cache [1, H, cap, D].
 
         One token: over the whole capacity with a mask (no copies).  A prompt: in blocks
         of ATTN_BLOCK queries, each over only the keys it can see, which skips the masked
@@ -236,7 +250,24 @@ class FastCodeGen:
             out.append(paddle.matmul(F.softmax(scores, axis=-1), values[:, :, :seen]))
         return out[0] if len(out) == 1 else paddle.concat(out, axis=2)
 
-    def _block(self, layer: _Layer, x, kv: list, sincos, pos: int):
+    def _sequence_attention(self, qk, v, kv, pos: int):
+        """One sequence's rows: write its keys/values at `pos` and attend; [1, T, H * D]."""
+        b, t = qk.shape[:2]
+        keys, values = kv  # [1, H, capacity, D], contiguous: written in place, never copied
+        if self.host:
+            q = self._host_cache_write(qk, v, keys, values, pos)
+        else:
+            qk = qk.transpose([2, 0, 3, 1, 4])  # [2, 1, H, T, D]
+            keys[:, :, pos:pos + t] = qk[1]
+            values[:, :, pos:pos + t] = v.reshape([1, t, self.n_head, self.head_dim]).transpose(
+                [0, 2, 1, 3])
+            q = qk[0]
+        return self._attend(q, keys, values, pos).transpose([0, 2, 1, 3]).reshape([1, t, -1])
+
+    def _block(self, layer: _Layer, x, kv: list, sincos, pos: list[int]):
+        """One layer for `x` [rows, T, E]: one sequence's T prompt tokens (rows 1) or one token
+        of each of `rows` sequences (T 1); `kv[r]` is row r's (keys, values) of this layer,
+        `pos[r]` where its tokens go."""
         paddle, F = self._paddle, self._paddle.nn.functional
         b, t, e = x.shape
         heads, dim, half = self.n_head, self.head_dim, self.rot // 2
@@ -251,49 +282,43 @@ class FastCodeGen:
                 [b, t, 2, heads, dim - self.rot]))
         qk = paddle.concat(parts, axis=-1)  # [B, T, 2, H, D]
         v = self._linear(h, v_w, transposed=True)
-        keys, values = kv  # [B, H, capacity, D], contiguous: written in place, never copied
-        if self.host:
-            q = self._host_cache_write(qk, v, keys, values, pos)
-        else:
-            qk = qk.transpose([2, 0, 3, 1, 4])  # [2, B, H, T, D]
-            keys[:, :, pos:pos + t] = qk[1]
-            values[:, :, pos:pos + t] = v.reshape([b, t, heads, dim]).transpose([0, 2, 1, 3])
-            q = qk[0]
-        attn = self._attend(q, keys, values, pos).transpose([0, 2, 1, 3]).reshape([b, t, e])
-        mlp = self._linear(F.gelu(self._linear(h, layer.fc_in_w, layer.fc_in_b), approximate=True),
-                           layer.fc_out_w, layer.fc_out_b, transposed=True)
-        return x + self._linear(attn, layer.out_w, transposed=True) + mlp
+        if b == 1:
+            attn = self._sequence_attention(qk, v, kv[0], pos[0])
+        else:  # rows at their own positions, each over its own cache
+            attn = paddle.concat([self._sequence_attention(qk[r:r + 1], v[r:r + 1], kv[r], pos[r])
+                                  for r in range(b)], axis=0)
+        up = F.gelu(self._linear(h, layer.fc_in_w, layer.fc_in_b), approximate=True)
+        if self.reduce is None:
+            mlp = self._linear(up, layer.fc_out_w, layer.fc_out_b, transposed=True)
+            return x + self._linear(attn, layer.out_w, transposed=True) + mlp
+        # tensor parallel: this rank's partial sums, one all-reduce, then the shared bias
+        partial = self._linear(attn, layer.out_w, transposed=True) + self._linear(
+            up, layer.fc_out_w, transposed=True)
+        return x + self.reduce(partial) + layer.fc_out_b
 
-    def _forward(self, ids: np.ndarray, cache, cancel=None, resume: Paused | None = None):
-        """(logits of the last position, the cache after `ids`, None); when `cancel` is set
-        between two layers, (None, the cache unchanged in length, a `Paused` to pass back as
-        `resume` with the same `ids` and cache, or None if no layer ran)."""
-        paddle, F = ensure_dygraph(self._paddle), self._paddle.nn.functional
-        t = ids.shape[1]
-        grown = self._reserve(cache, t)
-        if grown is not cache or (resume is not None and (resume.start, resume.length)
-                                  != (cache[1], t)):
-            resume = None  # a moved cache lost the paused chunk's KV entries
-        kv, pos = cache = grown
-        with paddle.no_grad():
-            # cos/sin laid out like r1/r2 (q heads, then k heads): same shape, no broadcast
-            sincos = tuple(paddle.tile(table[pos:pos + t], [1, 2 * self.n_head]).reshape([1, t, -1])
-                           for table in (self.cos, self.sin))
-            if resume is not None:
-                x, first = resume.x, resume.layer
-            else:
-                x, first = F.embedding(paddle.to_tensor(ids, dtype="int64"), self.wte), 0
-                if self.mixed:
-                    x = x.astype(self.compute)
-            for i in range(first, len(self.layers)):
-                if cancel is not None and cancel.is_set():
-                    return None, (kv, pos), (Paused(pos, t, i, x) if i else None)
-                x = self._block(self.layers[i], x, kv[i], sincos, pos)
-            last = F.layer_norm(x[:, -1], [x.shape[-1]], self.ln_f_w, self.ln_f_b, self.eps)
-            logits = self._linear(last, self.lm_w, self.lm_b).astype("float32").numpy()
-        return logits, (kv, pos + t), None
+    def _sincos(self, positions: np.ndarray, t: int):
+        """cos/sin laid out like r1/r2 (q heads, then k heads): [rows, t, ...], no broadcast."""
+        paddle = self._paddle
+        if len(positions) == 1:
+            first = int(positions[0])
+            return tuple(paddle.tile(table[first:first + t], [1, 2 * self.n_head]).reshape(
+                [1, t, -1]) for table in (self.cos, self.sin))
+        index = paddle.to_tensor(positions, dtype="int64")
+        return tuple(paddle.tile(paddle.gather(table, index), [1, 2 * self.n_head]).reshape(
+            [len(positions), 1, -1]) for table in (self.cos, self.sin))
 
-    def _reserve(self, cache, new: int):
+    def _embed(self, ids: np.ndarray):
+        paddle, F = self._paddle, self._paddle.nn.functional
+        x = F.embedding(paddle.to_tensor(ids, dtype="int64"), self.wte)
+        return x.astype(self.compute) if self.mixed else x
+
+    def _head(self, x):
+        """Logits [rows, vocab] (numpy float32) of the last position of each row of `x`."""
+        F = self._paddle.nn.functional
+        last = F.layer_norm(x[:, -1], [x.shape[-1]], self.ln_f_w, self.ln_f_b, self.eps)
+        return self._linear(last, self.lm_w, self.lm_b).astype("float32").numpy()
+
+    def _reserve(self, cache: KVCache, new: int) -> None:
         """Grow the cache (in blocks of CACHE_BLOCK positions) so `new` more tokens fit, and
         the one after them: a prompt never leaves the first decode step to grow it.
 
@@ -301,95 +326,108 @@ class FastCodeGen:
         CACHE_BLOCK - 1 positions of work but no per-step copy is ever made.
         """
         paddle = self._paddle
-        kv, pos = cache
-        capacity = kv[0][0].shape[2] if kv else 0
         limit = self.config.arch.n_positions
-        if min(pos + new + 1, limit) <= capacity:
-            return cache
-        size = min(limit, -(-(pos + new + 1) // CACHE_BLOCK) * CACHE_BLOCK)
-        rows = kv[0][0].shape[0] if kv else 1
-        shape = [rows, self.n_head, size, self.head_dim]
+        want = min(cache.length + new + 1, limit)
+        if want <= cache.capacity:
+            return
+        size = min(limit, -(-want // CACHE_BLOCK) * CACHE_BLOCK)
+        shape = [1, self.n_head, size, self.head_dim]
+        old, pos = cache.data, cache.length
         grown = []
         for layer in range(len(self.layers)):
             pair = (paddle.zeros(shape, self.compute), paddle.zeros(shape, self.compute))
-            if kv and pos:
-                pair[0][:, :, :pos] = kv[layer][0][:, :, :pos]
-                pair[1][:, :, :pos] = kv[layer][1][:, :, :pos]
+            if old and pos:
+                pair[0][:, :, :pos] = old[layer][0][:, :, :pos]
+                pair[1][:, :, :pos] = old[layer][1][:, :, :pos]
             grown.append(pair)
-        return grown, pos
+        cache.data, cache.capacity = grown, size
 
-    # ---- the engine's model interface ------------------------------------------------------
-    supports_prefix_reuse = True
+    # ---- the engine's model interface (engine/interface.py) -----------------------------------
+    def new_cache(self) -> KVCache:
+        return KVCache([], self.kv_bytes_per_token(), str(self.device))
 
-    def prefill(self, ids: list[int], cache=None, start: int = 0, cancel=None):
-        """Run `ids[start:]` on top of `cache`, which must hold `ids[:start]` (one row).
+    def reserve(self, cache: KVCache, tokens: int) -> None:
+        self._reserve(cache, tokens)
 
-        With `cancel`, stops between layers once it is set and returns (None, a cache
-        holding `ids[:start]`): a long prompt chunk need not finish to give way."""
-        logits, cache, _ = self.prefill_resumable(ids, cache, start, cancel)
-        return logits, cache
+    def prefill(self, cache: KVCache, tokens, cancel=None, resume: Paused | None = None) -> Prefill:
+        """Run `tokens` at positions cache.length.. (see engine/interface.py); stops between
+        two layers once `cancel` is set, returning a `Paused` state to pass back as `resume`
+        with the same tokens and cache (None if no layer ran)."""
+        paddle = ensure_dygraph(self._paddle)
+        ids = np.asarray([list(tokens)], np.int64)
+        t, pos = ids.shape[1], cache.length
+        capacity = cache.capacity
+        self._reserve(cache, t)
+        if cache.capacity != capacity or (resume is not None and (resume.start, resume.length)
+                                          != (pos, t)):
+            resume = None  # a moved cache lost the paused chunk's KV entries
+        kv = [cache.data]
+        with paddle.no_grad():
+            sincos = self._sincos(np.asarray([pos]), t)
+            x, first = (resume.x, resume.layer) if resume is not None else (self._embed(ids), 0)
+            for i in range(first, len(self.layers)):
+                if cancel is not None and cancel.is_set():
+                    return Prefill(None, Paused(pos, t, i, x) if i else None)
+                x = self._block(self.layers[i], x, [kv[0][i]], sincos, [pos])
+            logits = self._head(x)[0]
+        cache.length = pos + t
+        return Prefill(logits)
 
-    def prefill_resumable(self, ids: list[int], cache=None, start: int = 0, cancel=None,
-                          resume: Paused | None = None):
-        """`prefill`, plus a third result: when cancelled, a `Paused` state (or None) that a
-        later call with the same `ids`, `start` and cache (untouched since) takes as
-        `resume` to finish the chunk from the layer it stopped at."""
-        if cache is None:
-            cache, start, resume = ([], 0), 0, None
+    def decode(self, tokens: np.ndarray, caches) -> np.ndarray:
+        """Logits [rows, vocab]: row i feeds tokens[i] at caches[i].length (each its own)."""
+        tokens = np.asarray(tokens, np.int64).reshape(-1)
+        for cache in caches:
+            self._reserve(cache, 1)
+        if self.numpy_decode is not None:
+            logits = self.numpy_decode.step(tokens, caches)
         else:
-            cache = (cache[0], start)  # positions from `start` on are overwritten
-        logits, cache, paused = self._forward(np.asarray([ids[start:]], np.int64), cache, cancel,
-                                              resume)
-        return (None if logits is None else logits[0]), cache, paused
+            paddle = ensure_dygraph(self._paddle)
+            positions = np.fromiter((c.length for c in caches), np.int64, len(caches))
+            with paddle.no_grad():
+                x = self._embed(tokens.reshape(-1, 1))
+                sincos = self._sincos(positions, 1)
+                pos = positions.tolist()
+                for i, layer in enumerate(self.layers):
+                    x = self._block(layer, x, [c.data[i] for c in caches], sincos, pos)
+                logits = self._head(x)
+        for cache in caches:
+            cache.length += 1
+        return logits
 
-    def fork_cache(self, cache, upto: int, room: int):
-        """A new one-row cache holding the first `upto` positions of `cache` (left
+    def fork(self, cache: KVCache, upto: int, room: int = 0) -> KVCache:
+        """A new cache holding a copy of the first `upto` positions of `cache` (left
         untouched), with capacity for `room` more tokens."""
-        kv, _ = cache
-        fresh, _ = self._reserve(([], 0), upto + room)
-        for (k, v), (k_new, v_new) in zip(kv, fresh):
+        fresh = self.new_cache()
+        self._reserve(fresh, upto + room)
+        for (k, v), (k_new, v_new) in zip(cache.data, fresh.data):
             if self.host:
-                writable_view(k_new)[:, :, :upto] = readonly_view(k)[:1, :, :upto]
-                writable_view(v_new)[:, :, :upto] = readonly_view(v)[:1, :, :upto]
-            else:
-                k_new[:, :, :upto] = k[:1, :, :upto]
-                v_new[:, :, :upto] = v[:1, :, :upto]
-        return fresh, upto
+                writable_view(k_new)[:, :, :upto] = readonly_view(k)[:, :, :upto]
+                writable_view(v_new)[:, :, :upto] = readonly_view(v)[:, :, :upto]
+            elif upto:
+                k_new[:, :, :upto] = k[:, :, :upto]
+                v_new[:, :, :upto] = v[:, :, :upto]
+        fresh.length = upto
+        return fresh
+
+    def trim(self, cache: KVCache, length: int) -> None:
+        cache.length = min(cache.length, max(0, int(length)))
+
+    def release(self, cache: KVCache) -> None:
+        cache.data, cache.capacity, cache.length = [], 0, 0
 
     def param_count(self) -> int:
         tensors = [self.wte, self.ln_f_w, self.ln_f_b, self.lm_w, self.lm_b]
         tensors += [t for layer in self.layers for t in layer.matrices()]
         return sum(int(np.prod(t.shape)) for t in tensors)
 
-    def kv_bytes_per_token(self, rows: int = 1) -> int:
-        return self.config.arch.kv_bytes_per_token(self.compute) * rows
-
-    def cache_nbytes(self, cache) -> int:
-        kv, _ = cache
-        if not kv:
-            return 0
-        rows, _, capacity, _ = kv[0][0].shape
-        return self.kv_bytes_per_token(rows) * capacity
-
-    def decode(self, tokens: np.ndarray, cache):
-        if self.numpy_decode is None:
-            return self._forward(tokens.reshape(-1, 1).astype(np.int64), cache)[:2]
-        kv, pos = self._reserve(cache, 1)
-        return self.numpy_decode.step(tokens.reshape(-1).astype(np.int64), kv, pos), (kv, pos + 1)
-
-    def expand_cache(self, cache, rows: int):
-        if rows == 1:
-            return cache
-        kv, pos = cache
-        paddle = self._paddle
-        return [(paddle.tile(k, [rows, 1, 1, 1]), paddle.tile(v, [rows, 1, 1, 1]))
-                for k, v in kv], pos
+    def kv_bytes_per_token(self) -> int:
+        return self.config.arch.kv_bytes_per_token(self.compute) // self.world
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits for every position (for checks): runs step by step over the cache."""
-        first, cache = self.prefill(ids[:1])
-        rows = [first]
+        cache = self.new_cache()
+        rows = [self.prefill(cache, ids[:1]).logits]
         for token in ids[1:]:
-            out, cache = self.decode(np.asarray([token]), cache)
-            rows.append(out[0])
+            rows.append(self.decode(np.asarray([token]), [cache])[0])
+        self.release(cache)
         return np.stack(rows)

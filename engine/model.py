@@ -1,8 +1,7 @@
-"""Build PaddleNLP's CodeGen and fill it: from a model directory or random weights.
+"""Build the model and fill it: from a model directory or random weights.
 
-`PaddleCodeGen` is the engine's one model interface: `prefill` a prompt, then
-`decode` one token per row with the KV cache.  Faster implementations can
-replace it behind the same two methods.
+Every model implements the interface in engine/interface.py; `build_model` picks the
+engine's own forward (`FastCodeGen`) or PaddleNLP's (`PaddleCodeGen`, the reference).
 """
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from .config import ModelConfig, load_config
 from .errors import ConfigError, ModelFilesError, OptionError
+from .interface import KVCache, Prefill
 from .runtime import (Device, activate_device, check_dtype, compute_dtype_for, ensure_dygraph,
                       import_paddle,
                       import_paddlenlp_transformers)
@@ -26,7 +26,10 @@ _POOL_SIZE = 4_194_301  # prime, so rows of a filled matrix do not repeat in ste
 
 @dataclass
 class PaddleCodeGen:
-    """PaddleNLP's CodeGenForCausalLM with a prefill/decode interface."""
+    """PaddleNLP's CodeGenForCausalLM behind the engine's `Model` interface (engine/interface.py):
+    the reference the fast model is held to.  Its cache is PaddleNLP's own (one (key, value)
+    pair per layer, [1, heads, length, head_dim], grown by concatenation); it cannot stop a
+    prompt part-way (`cancel` is checked only before it starts) and decodes row by row."""
 
     layer: object
     config: ModelConfig
@@ -36,7 +39,7 @@ class PaddleCodeGen:
     def __post_init__(self):
         self._paddle = import_paddle()
 
-    def _run(self, ids: np.ndarray, cache):
+    def _run(self, ids: np.ndarray, past):
         paddle = ensure_dygraph(self._paddle)
         with paddle.no_grad():
             input_ids = paddle.to_tensor(ids, dtype="int64")
@@ -44,29 +47,55 @@ class PaddleCodeGen:
             # to pad (= end of text), which must still be attended to.
             mask = paddle.zeros([ids.shape[0], 1, 1, 1], dtype="float32")
             hidden, new_cache = self.layer.transformer(
-                input_ids, attention_mask=mask, cache=cache, use_cache=True, return_dict=False)[:2]
+                input_ids, attention_mask=mask, cache=past, use_cache=True, return_dict=False)[:2]
             logits = self.layer.lm_head(hidden[:, -1, :]).astype("float32")
-            return logits.numpy(), new_cache
+            return logits.numpy(), tuple(new_cache)
 
-    def prefill(self, ids: list[int]):
-        """Logits after the whole prompt ([vocab]) and the cache for one row."""
-        logits, cache = self._run(np.asarray([ids], dtype=np.int64), None)
-        return logits[0], cache
+    def new_cache(self) -> KVCache:
+        return KVCache(None, self.kv_bytes_per_token(), str(self.device))
 
-    def decode(self, tokens: np.ndarray, cache):
-        """One step for each row: `tokens` [rows] -> logits [rows, vocab]."""
-        return self._run(tokens.reshape(-1, 1).astype(np.int64), cache)
+    def prefill(self, cache: KVCache, tokens, cancel=None, resume=None) -> Prefill:
+        if cancel is not None and cancel.is_set():
+            return Prefill(None)
+        logits, cache.data = self._run(np.asarray([list(tokens)], np.int64), cache.data or None)
+        cache.length = cache.capacity = cache.data[0][0].shape[2]
+        return Prefill(logits[0])
+
+    def decode(self, tokens: np.ndarray, caches) -> np.ndarray:
+        """One step for each row: `tokens` [rows] -> logits [rows, vocab], row by row."""
+        rows = []
+        for token, cache in zip(np.asarray(tokens).reshape(-1), caches):
+            logits, data = self._run(np.asarray([[int(token)]], np.int64), cache.data)
+            rows.append(logits[0])
+            cache.data, cache.length, cache.capacity = data, cache.length + 1, cache.length + 1
+        return np.stack(rows)
+
+    def fork(self, cache: KVCache, upto: int, room: int = 0) -> KVCache:
+        fresh = self.new_cache()
+        if upto:
+            fresh.data = tuple((k[:, :, :upto].clone(), v[:, :, :upto].clone())
+                               for k, v in cache.data)
+            fresh.length = fresh.capacity = upto
+        return fresh
+
+    def trim(self, cache: KVCache, length: int) -> None:
+        if length >= cache.length:
+            return
+        cache.data = (tuple((k[:, :, :length], v[:, :, :length]) for k, v in cache.data)
+                      if length else None)
+        cache.length = cache.capacity = length
+
+    def reserve(self, cache: KVCache, tokens: int) -> None:
+        """Nothing to do: PaddleNLP grows its cache by concatenation at every call."""
+
+    def release(self, cache: KVCache) -> None:
+        cache.data, cache.length, cache.capacity = None, 0, 0
+
+    def kv_bytes_per_token(self) -> int:
+        return self.config.arch.kv_bytes_per_token(compute_dtype_for(self.dtype, self.device))
 
     def param_count(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.layer.parameters())
-
-    def expand_cache(self, cache, rows: int):
-        """Repeat a one-row cache for `rows` choices sampled from the same prompt."""
-        if rows == 1:
-            return cache
-        paddle = self._paddle
-        return tuple((paddle.tile(k, [rows, 1, 1, 1]), paddle.tile(v, [rows, 1, 1, 1]))
-                     for k, v in cache)
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits for every position of `ids` ([len, vocab]); for checks, not serving."""
@@ -201,7 +230,7 @@ def check_weights(weights: dict[str, np.ndarray], config: ModelConfig, path: Pat
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: PaddleCodeGen
+    model: object  # engine.interface.Model
     tokenizer: object
     config: ModelConfig
     source: str

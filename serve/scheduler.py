@@ -1,11 +1,13 @@
-"""A bounded queue in front of the Generator and the one worker thread that drives it.
+"""The server's side of the engine's batch: jobs in, events out, one worker thread stepping it.
 
-The Generator is blocking and runs one request at a time, so the IO loop never
-calls it: `Scheduler.submit` (on the loop) appends a `Job`, the worker thread
-runs jobs in order and hands every `TokenEvent`, then a `Done`, back to the
-job's asyncio queue with `call_soon_threadsafe`.  Cancelling a job sets its
-`threading.Event` (the engine checks it before every decode step) and drops it
-from the queue if it has not started.
+The engine batches requests itself (engine.batch: continuous batching, admission by KV-cache
+budget, chunked prefill).  This module connects it to the IO loop: `Scheduler.submit` (on the
+loop) turns a request into an engine `Request` and a `Job`, refusing with `QueueFull` beyond
+`--max-queue` waiting; the worker thread calls `generator.step()` while anything is admitted
+or waiting, and the engine hands every `TokenEvent`, then a `Done`, back to the job's asyncio
+queue with `call_soon_threadsafe`.  Cancelling a job sets its `threading.Event` (the batch
+drops the row before its next step) and takes it out of the queue if it has not started.
+While the batch is idle the worker runs speculative warm-ups (a client's next lines).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class Job:
     cancel_reason: str | None = None
     finished: bool = False
     client: str | None = None  # who sent it (serve.supersede.client_key), for superseding
+    request: Any = None  # the engine's Request (engine.batch), once built
 
     def deliver(self, item) -> None:
         """Called from the worker thread: hand one item to the loop."""
@@ -68,7 +71,7 @@ class Job:
 
 
 class Scheduler:
-    """FIFO of jobs for one generator, run by one worker thread."""
+    """Jobs for one generator's batch, stepped by one worker thread."""
 
     def __init__(self, generator, max_queue: int = 16, speculate: bool = False,
                  lines_ahead: int = LINES_AHEAD, max_batch: int | None = None,
@@ -77,12 +80,16 @@ class Scheduler:
         cache running sequences may reserve (None: the engine's defaults)."""
         self.generator = generator
         self.max_queue = max_queue
-        self.max_batch = max_batch
-        self.kv_cache_bytes = kv_cache_bytes
-        # warm-ups need the engine's warm() and a prefix cache to keep what they compute
+        self.batch = generator.batch
+        if max_batch is not None:
+            self.batch.max_batch = int(max_batch)
+        if kv_cache_bytes is not None:
+            self.batch.kv_budget_bytes = int(kv_cache_bytes)
+        self.max_batch = self.batch.max_batch
+        self.kv_cache_bytes = self.batch.kv_budget_bytes
+        # warm-ups need a prefix cache to keep what they compute
         self.speculate = bool(speculate and lines_ahead > 0
-                              and callable(getattr(generator, "warm", None))
-                              and getattr(generator, "prefix_cache", None) is not None)
+                              and generator.prefix_cache is not None)
         self.lines_ahead = lines_ahead
         # per client, the texts still to warm, nearest line first (oldest client first)
         self._pending: collections.OrderedDict[Any, list[str]] = collections.OrderedDict()
@@ -90,9 +97,8 @@ class Scheduler:
         self._held = False
         self.warmups = {"started": 0, "completed": 0, "cancelled": 0, "skipped": 0,
                         "tokens": 0}  # read by /metrics; written by the worker only
-        self._queue: collections.deque[Job] = collections.deque()
+        self._jobs: dict[Any, Job] = {}  # engine Request -> its job, oldest first
         self._cond = threading.Condition()
-        self._running: Job | None = None
         self._stopping = False
         self._live: weakref.WeakSet[Job] = weakref.WeakSet()  # for leak checks in tests
         self._thread = threading.Thread(target=self._work, name="cgserve-worker", daemon=True)
@@ -104,13 +110,22 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 raise Stopped("the server is shutting down")
-            if len(self._queue) >= self.max_queue and (self._running or self._queue):
-                raise QueueFull(f"{len(self._queue)} requests are already waiting")
-            self._queue.append(job)
+            if self.waiting >= self.max_queue and (self.batch.busy or self.waiting):
+                raise QueueFull(f"{self.waiting} requests are already waiting")
+        try:
+            job.request = self.generator.request(
+                prompt, params, job.cancel, job.deliver, lambda req: self._done(job, req),
+                client=client, on_start=lambda req: self._started(job))
+        except Exception as exc:  # EngineError is the client's (a 4xx); the handler maps it
+            job.items.put_nowait(Done(error=exc))
+            return job
+        with self._cond:
+            self._jobs[job.request] = job
             self._live.add(job)
+            self.generator.submit(job.request)
             if self._warm_cancel is not None:
                 self._warm_cancel.set()  # the request goes first; the warm-up resumes later
-            self._cond.notify()
+            self._cond.notify_all()
         return job
 
     def cancel(self, job: Job, reason: str) -> None:
@@ -119,44 +134,43 @@ class Scheduler:
             return
         job.cancel_reason = reason
         job.cancel.set()
+        if job.request is not None and self.batch.drop(job.request):
+            with self._cond:
+                self._jobs.pop(job.request, None)
+            job.items.put_nowait(Done(dropped=True))
         with self._cond:
-            try:
-                self._queue.remove(job)
-            except ValueError:
-                return  # running (it stops within one step) or just finished
-        job.items.put_nowait(Done(dropped=True))
+            self._cond.notify_all()  # a cancelled row leaves at the next step
 
     def jobs_of(self, client: str) -> list[Job]:
         """The running and queued jobs of one client that are not cancelled yet, oldest first."""
         with self._cond:
-            jobs = ([self._running] if self._running is not None else []) + list(self._queue)
+            jobs = list(self._jobs.values())
         return [job for job in jobs if job.client == client and not job.finished
                 and not job.cancel.is_set()]
 
     @property
     def depth(self) -> int:
-        """Jobs waiting (not counting the running one)."""
-        return len(self._queue)
+        """Requests waiting for room in the batch."""
+        return len(self.batch.waiting)
 
     @property
     def waiting(self) -> int:
-        """Requests admitted to the queue but not yet decoding."""
-        return len(self._queue)
+        """Requests admitted to the queue but not yet in the batch."""
+        return len(self.batch.waiting)
 
     @property
     def running(self) -> int:
         """Sequences (rows: n choices count n) being prefilled or decoded now."""
-        job = self._running
-        return job.params.n if job is not None else 0
+        return self.batch.rows_in_use
 
     @property
     def batch_size(self) -> int:
         """Rows in the most recent decode step."""
-        return self.running
+        return self.batch.last_batch_rows
 
     @property
     def busy(self) -> bool:
-        return self._running is not None
+        return self.batch.busy
 
     @property
     def live_jobs(self) -> int:
@@ -193,23 +207,24 @@ class Scheduler:
         return True
 
     def stop(self, cancel_running: bool = False) -> None:
-        """Take no more work; drop what is queued; optionally cancel the running job."""
+        """Take no more work; drop what is queued; optionally cancel the running jobs."""
         with self._cond:
             self._stopping = True
-            queued = list(self._queue)
-            self._queue.clear()
             self._pending.clear()
             if self._warm_cancel is not None:
                 self._warm_cancel.set()
-            running = self._running
+            queued = [req for req in list(self.batch.waiting) if self.batch.drop(req)]
+            jobs = [self._jobs.pop(req) for req in queued if req in self._jobs]
+            running = list(self._jobs.values())
             self._cond.notify_all()
-        for job in queued:
+        for job in jobs:
             job.cancel_reason = "shutdown"
             job.cancel.set()
             job.deliver(Done(dropped=True))
-        if cancel_running and running is not None:
-            running.cancel_reason = "shutdown"
-            running.cancel.set()
+        if cancel_running:
+            for job in running:
+                job.cancel_reason = "shutdown"
+                job.cancel.set()
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
@@ -220,36 +235,39 @@ class Scheduler:
         while True:
             warm = None
             with self._cond:
-                while not self._queue and not self._stopping and not self._can_warm():
+                while not self._stopping and self.batch.idle and not self._can_warm():
                     self._cond.wait()
-                if self._stopping and not self._queue:
+                if self._stopping and self.batch.idle:
                     return
-                if self._queue:
-                    job = self._running = self._queue.popleft()
-                else:
-                    job = None
+                if self.batch.idle:
                     warm = self._next_warmup()
                     self._warm_cancel = threading.Event()
             if warm is not None:
                 self._warm(*warm)
                 continue
             try:
-                self._run(job)
-            finally:
-                with self._cond:
-                    self._expect(job)
-                    # drop this frame's reference before the job stops counting as running,
-                    # so once `busy` is False nothing here keeps the finished job alive
-                    job = None
-                    self._running = None
+                self.generator.step()
+            except Exception:  # the batch fails requests alone; this would be a bug in it
+                log.exception("batch step failed")
+                time.sleep(0.1)
+
+    def _started(self, job: Job) -> None:
+        job.started_at = time.perf_counter()
+
+    def _done(self, job: Job, req) -> None:
+        """(worker thread) The engine finished a request: hand its Done to the job."""
+        with self._cond:
+            self._jobs.pop(req, None)
+            self._expect(job)
+        job.deliver(Done(result=req.result, error=req.error))
 
     def _can_warm(self) -> bool:
         return not self._held and any(self._pending.values())
 
-    def _next_warmup(self) -> tuple[list[str], str]:
+    def _next_warmup(self) -> tuple[list[str], str, Any]:
         """(lock held, `_can_warm` true) The oldest client's nearest text, taken off its list."""
-        texts = next(t for t in self._pending.values() if t)
-        return texts, texts.pop(0)
+        client, texts = next((c, t) for c, t in self._pending.items() if t)
+        return texts, texts.pop(0), client
 
     def _expect(self, job: Job) -> None:
         """After a job (lock held): remember the starts of its client's next prompts."""
@@ -263,11 +281,11 @@ class Scheduler:
         while len(self._pending) > MAX_CLIENTS:
             self._pending.popitem(last=False)
 
-    def _warm(self, texts: list[str], text: str) -> None:
+    def _warm(self, texts: list[str], text: str, client) -> None:
         cancel = self._warm_cancel
         self.warmups["started"] += 1
         try:
-            result = self.generator.warm(text, cancel)
+            result = self.generator.warm(text, cancel, client=client)
         except Exception:  # a warm-up is an optimisation: never let it stop the worker
             log.exception("speculative warm-up failed")
             result = None
@@ -288,16 +306,3 @@ class Scheduler:
         else:
             self.warmups["completed"] += 1
         log.debug("warm-up: %s", result)
-
-    def _run(self, job: Job) -> None:
-        if job.cancel.is_set():
-            job.deliver(Done(dropped=True))
-            return
-        job.started_at = time.perf_counter()
-        try:
-            stream = self.generator.stream(job.prompt, job.params, cancel=job.cancel)
-            for event in stream:
-                job.deliver(event)
-            job.deliver(Done(result=stream.result))
-        except Exception as exc:  # EngineError is the client's; anything else is logged by app
-            job.deliver(Done(error=exc))

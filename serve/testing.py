@@ -1,8 +1,8 @@
 """Test and benchmark helpers: a fake engine and a live server on a background thread.
 
-`FakeGenerator` speaks the Generator's interface (stream/generate, tokenizer,
-context_length) with one byte per token and no model, so server behaviour can
-be tested (and its overhead measured) where the model does not matter.
+`FakeGenerator` is the engine's Generator over a scripted model (one byte per token, no
+weights), so server behaviour can be tested (and its overhead measured) where the model does
+not matter, through the same batch the real engine uses.
 """
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ import dataclasses
 import threading
 import time
 
-from engine.generate import Choice, GenerationResult, Stream, TokenEvent, fit_prompt
+import numpy as np
+
+from engine.config import config_from_dict
+from engine.generate import GenerationResult, Generator
+from engine.interface import KVCache, Prefill
+from engine.model import LoadedModel
 from engine.tokenizer import ByteTokenizer as _EngineByteTokenizer
+from engine.variants import TINY
 
 from .config import ServeConfig
 from .server import Server
@@ -28,94 +34,110 @@ class ByteTokenizer(_EngineByteTokenizer):
         super().__init__(eos_token_id=256)
 
 
-class FakeGenerator:
-    """Emits `script` one byte per step (repeating it), honouring stop, n, cancel and context.
+class ByteScriptModel:
+    """A model behind the engine's interface (engine/interface.py) whose greedy choice is
+    `script`'s bytes, one per step, repeated: step k of every sequence is script[k % len],
+    whatever its prompt.  The logits put the script's byte at 0, a space at -20 and the rest
+    far below, so sampling at any allowed temperature picks the script too, and logprobs are
+    real log-softmax values.  `step_s` sleeps once per decode step; `gate` holds every
+    prompt before it runs until set; `started` is set when a prompt reaches the model."""
 
-    `step_s` sleeps before each step; `gate` (a threading.Event) holds every
-    request before its first token until set.  `calls` records (prompt, params).
+    SECOND = 32  # the runner-up token (a space), 20 below the chosen one
+
+    def __init__(self, script: bytes, step_s: float, gate: threading.Event | None,
+                 started: threading.Event, vocab: int):
+        self.script, self.step_s, self.gate, self.started = script, step_s, gate, started
+        self.vocab = vocab
+
+    def _row(self, step: int) -> np.ndarray:
+        row = np.full(self.vocab, -1e4, np.float32)
+        row[self.SECOND] = -20.0
+        row[self.script[step % len(self.script)]] = 0.0
+        return row
+
+    def new_cache(self) -> KVCache:
+        return KVCache(0, 1)
+
+    def prefill(self, cache, tokens, cancel=None, resume=None) -> Prefill:
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait()
+        cache.length += len(tokens)
+        cache.capacity = max(cache.capacity, cache.length)
+        cache.data = 0  # steps decoded
+        return Prefill(self._row(0))
+
+    def decode(self, tokens, caches) -> np.ndarray:
+        if self.step_s:
+            time.sleep(self.step_s)
+        rows = []
+        for cache in caches:
+            cache.data += 1
+            cache.length += 1
+            cache.capacity = max(cache.capacity, cache.length)
+            rows.append(self._row(cache.data))
+        return np.stack(rows)
+
+    def fork(self, cache, upto, room=0) -> KVCache:
+        return KVCache(cache.data, 1, length=upto, capacity=upto)
+
+    def trim(self, cache, length) -> None:
+        cache.length = min(cache.length, length)
+
+    def reserve(self, cache, tokens) -> None:
+        cache.capacity = max(cache.capacity, cache.length + tokens)
+
+    def release(self, cache) -> None:
+        cache.data, cache.length, cache.capacity = 0, 0, 0
+
+    def kv_bytes_per_token(self) -> int:
+        return 1
+
+    def param_count(self) -> int:
+        return 0
+
+    def logits(self, ids) -> np.ndarray:
+        return np.stack([self._row(0)] * len(ids))
+
+
+class FakeGenerator(Generator):
+    """The engine's Generator (its batch, sampling, stops and clocks) over `ByteScriptModel`:
+    one byte per token, no weights, so server behaviour can be tested (and its overhead
+    measured) where the model does not matter.  No prefix cache by default (so no warm-ups).
+
+    `step_s` sleeps before each decode step; `gate` (a threading.Event) holds every request
+    before its first token until set.  `calls` records (prompt, params) as the engine starts
+    each request; `results` the results, in the order they finished.
     """
 
     def __init__(self, script: str = "hello world\nsecond line\n", step_s: float = 0.0,
-                 context_length: int = 64, gate: threading.Event | None = None):
-        self.script = script.encode("utf-8")
-        self.step_s = step_s
-        self.context_length = context_length
+                 context_length: int = 64, gate: threading.Event | None = None,
+                 prefix_cache_bytes: int = 0, **generator_kwargs):
+        self.started = threading.Event()  # set when a request reaches its first step
         self.gate = gate
-        self.tokenizer = ByteTokenizer()
+        tokenizer = ByteTokenizer()
+        arch = TINY.arch.config_dict()
+        arch["n_positions"] = arch["n_ctx"] = context_length
+        arch.update(vocab_size=257, eos_token_id=256, pad_token_id=256)
+        config = config_from_dict(arch, "fake")
+        model = ByteScriptModel(script.encode("utf-8"), step_s, gate, self.started, 257)
         self.calls: list[tuple] = []
         self.results: list[GenerationResult] = []
-        self.started = threading.Event()  # set when a request reaches its first step
-        self.load_s = 0.0
+        super().__init__(LoadedModel(model, tokenizer, config, "fake", 0.0),
+                         prefix_cache_bytes=prefix_cache_bytes, **generator_kwargs)
 
-    def generate(self, prompt, params, cancel=None):
-        stream = self.stream(prompt, params, cancel)
-        for _ in stream:
-            pass
-        return stream.result
+    def request(self, prompt, params, cancel, emit, on_done, client=None, on_start=None):
+        def started(req):
+            self.calls.append((prompt, params))
+            if on_start is not None:
+                on_start(req)
 
-    def stream(self, prompt, params, cancel=None) -> Stream:
-        return Stream(self._events(prompt, params, cancel or threading.Event()))
+        def done(req):
+            if req.result is not None:
+                self.results.append(req.result)
+            on_done(req)
 
-    def _events(self, prompt, params, cancel):
-        start = time.perf_counter()
-        ids, truncated = fit_prompt(self.tokenizer.encode(prompt), params, self.context_length,
-                                    self.tokenizer.eos_token_id)
-        self.calls.append((prompt, params))
-        if self.gate is not None:
-            self.started.set()
-            self.gate.wait()
-        self.started.set()
-        choices = [Choice(i) for i in range(params.n)]
-        texts = [""] * params.n
-        times: list[float] = []
-        for step in range(params.max_new_tokens):
-            if cancel.is_set():
-                break
-            if self.step_s:
-                time.sleep(self.step_s)
-            now = time.perf_counter() - start
-            times.append(now * 1e3)
-            byte = self.script[step % len(self.script)]
-            last = step == params.max_new_tokens - 1
-            for choice in choices:
-                if choice.finish_reason:
-                    continue
-                yield self._advance(choice, texts, byte, params, now, last)
-            if all(c.finish_reason for c in choices):
-                break
-        for choice in choices:
-            if choice.finish_reason is None:
-                choice.finish_reason = "cancelled"
-                yield TokenEvent(choice.index, -1, "", time.perf_counter() - start,
-                                 finish_reason="cancelled")
-        e2e = (time.perf_counter() - start) * 1e3
-        result = make_result(choices, prompt_tokens=len(ids),
-                             completion_tokens=sum(len(c.token_ids) for c in choices),
-                             truncated_tokens=truncated, seed=params.seed or 0,
-                             ttft_ms=times[0] if times else e2e, e2e_ms=e2e, token_times_ms=times)
-        self.results.append(result)
-        return result
-
-    def _advance(self, choice: Choice, texts: list[str], byte: int, params, now, last):
-        i = choice.index
-        choice.token_ids.append(byte)
-        texts[i] += chr(byte)
-        logprob = top = None
-        if params.logprobs is not None:
-            logprob, top = -0.5, dict(list({byte: -0.5, 32: -1.5}.items())[: params.logprobs])
-            choice.logprobs.append(logprob)
-            choice.top_logprobs.append(top)
-        hits = [texts[i].find(s) for s in params.stop if s in texts[i]]
-        if hits:
-            texts[i] = texts[i][: min(hits)]
-            choice.finish_reason = "stop"
-        elif last:
-            choice.finish_reason = "length"
-        longest = max((len(s) for s in params.stop), default=1)
-        safe = len(texts[i]) if choice.finish_reason else max(len(texts[i]) - (longest - 1), 0)
-        delta = texts[i][len(choice.text): max(safe, len(choice.text))]
-        choice.text += delta
-        return TokenEvent(i, byte, delta, now, logprob, top, choice.finish_reason)
+        return super().request(prompt, params, cancel, emit, done, client, started)
 
 
 def make_result(choices, **values) -> GenerationResult:

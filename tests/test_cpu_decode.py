@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from engine import cpu_decode, load
-from engine.cpu_decode import _attend, _mv, readonly_view
+from engine.cpu_decode import _attend, _mv, _vm, readonly_view
+from fakes import decode_rows
 
 
 def _softmax_attention(q, keys, values):
@@ -34,7 +35,7 @@ def test_attention_both_ways(monkeypatch, n, einsum_min):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("rows", [1, 3, 6])  # one GEMV, a loop of them, one GEMM
 def test_matrix_vector_product_of_an_out_in_matrix(rows):
     rng = np.random.default_rng(rows)
     w = rng.standard_normal((24, 40), dtype=np.float32)  # [out, in]
@@ -42,6 +43,9 @@ def test_matrix_vector_product_of_an_out_in_matrix(rows):
     got = _mv(w, x)
     assert got.shape == (rows, 24)
     np.testing.assert_allclose(got, x.astype(np.float64) @ w.T.astype(np.float64),
+                               rtol=1e-5, atol=1e-5)
+    w_in_out = np.ascontiguousarray(w.T)  # [in, out]: fc_in and the vocabulary projection
+    np.testing.assert_allclose(_vm(x, w_in_out), x.astype(np.float64) @ w.T.astype(np.float64),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -78,15 +82,7 @@ def test_numpy_steps_both_attention_ways_equal_paddle_steps(monkeypatch, rows, e
         if not numpy_step:
             model.numpy_decode = None
         try:
-            logits, cache = model.prefill(prompt)
-            cache = model.expand_cache(cache, rows)
-            tokens = np.asarray([int(logits.argmax()) + r for r in range(rows)])
-            steps = []
-            for _ in range(5):
-                logits, cache = model.decode(tokens, cache)
-                steps.append(logits)
-                tokens = logits.argmax(axis=-1)
-            outs.append(np.stack(steps))
+            outs.append(decode_rows(model, prompt, 5, rows)[0])
         finally:
             model.numpy_decode = kept
     fast, slow = outs

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from engine import OptionError, SamplingParams, load
+from fakes import decode_rows, run_prompt
 
 PROMPT = "def fibonacci(n):\n    if n < 2:\n        return n\n"
 
@@ -28,7 +29,7 @@ def test_logits_match_the_reference(tiny_gen, fast_gen):
     ref, got = tiny_gen.model.logits(ids), fast_gen.model.logits(ids)
     assert ref.shape == got.shape
     assert nmse(ref, got) <= 1e-6
-    prefill_logits, _ = fast_gen.model.prefill(ids)  # one batched prefill, not step by step
+    prefill_logits, _ = run_prompt(fast_gen.model, ids)  # one batched prefill, not step by step
     assert nmse(ref[-1], prefill_logits) <= 1e-6
 
 
@@ -103,49 +104,76 @@ def test_cache_room_for_the_first_new_token_and_never_past_the_context():
 
     gen = load("random:tiny", prefix_cache_bytes=0)
     model = gen.model
-    _, cache = model.prefill(list(range(CACHE_BLOCK)))
-    kv, pos = cache
-    assert pos == CACHE_BLOCK and kv[0][0].shape[2] > CACHE_BLOCK  # the next token fits
-    _, after = model.decode(np.asarray([1]), cache)
-    assert after[0][0][0] is kv[0][0]  # no growth, no copy, on the first decode step
+    _, cache = run_prompt(model, list(range(CACHE_BLOCK)))
+    assert cache.length == CACHE_BLOCK and cache.capacity > CACHE_BLOCK  # the next token fits
+    keys = cache.data[0][0]
+    assert keys.shape[2] == cache.capacity
+    model.decode(np.asarray([1]), [cache])
+    assert cache.data[0][0] is keys  # no growth, no copy, on the first decode step
     limit = gen.context_length
-    _, full = model.prefill([i % 256 for i in range(limit - 1)])
-    _, full = model.decode(np.asarray([1]), full)  # the very last position
-    assert full[1] == limit and full[0][0][0].shape[2] == limit
+    _, full = run_prompt(model, [i % 256 for i in range(limit - 1)])
+    model.decode(np.asarray([1]), [full])  # the very last position
+    assert full.length == limit and full.capacity == limit == full.data[0][0].shape[2]
 
 
-def _decode_steps(model, prompt: list[int], steps: int, rows: int) -> tuple[np.ndarray, list]:
-    logits, cache = model.prefill(prompt)
-    cache = model.expand_cache(cache, rows)
-    tokens = np.asarray([int(logits.argmax()) + r for r in range(rows)])
-    out, picked = [], []
-    for _ in range(steps):
-        logits, cache = model.decode(tokens, cache)
-        out.append(logits)
-        tokens = logits.argmax(axis=-1)
-        picked.append(tokens.tolist())
-    return np.stack(out), picked
-
-
-@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("rows", [1, 3, 5])
 def test_numpy_decode_steps_equal_paddle_steps(rows):
     """On CPU in float32 decode steps run in numpy (engine/cpu_decode.py) over the model's own
     memory; Paddle's step stays for other dtypes and devices.  Both must agree, also across
-    a KV-cache growth (the prompt ends 3 positions before a block boundary)."""
+    a KV-cache growth (the prompt ends 3 positions before a block boundary), for one row and
+    for several (a row loop below cpu_decode.GEMM_MIN_ROWS, one GEMM from it)."""
     from engine.fast_model import CACHE_BLOCK
 
     gen = load("random:tiny", prefix_cache_bytes=0)
     model = gen.model
     assert model.numpy_decode is not None
     prompt = [(7 * i) % 256 for i in range(CACHE_BLOCK - 4)]
-    fast, fast_tokens = _decode_steps(model, prompt, 8, rows)
+    fast, fast_tokens = decode_rows(model, prompt, 8, rows)
     kept, model.numpy_decode = model.numpy_decode, None
     try:
-        slow, slow_tokens = _decode_steps(model, prompt, 8, rows)
+        slow, slow_tokens = decode_rows(model, prompt, 8, rows)
     finally:
         model.numpy_decode = kept
     assert fast_tokens == slow_tokens
     assert nmse(slow, fast) <= 1e-10
+
+
+@pytest.mark.parametrize("numpy_step", [True, False], ids=["numpy", "paddle"])
+def test_rows_at_different_positions_decode_together(numpy_step):
+    """Sequences of different lengths in one decode step give each exactly the logits it
+    gets alone (both decode paths: numpy on CPU, and the Paddle path GPUs take)."""
+    model = load("random:tiny", prefix_cache_bytes=0).model
+    kept = model.numpy_decode
+    if not numpy_step:
+        model.numpy_decode = None
+    try:
+        prompts = [[(3 * i + k) % 256 for i in range(n)] for k, n in enumerate((5, 40, 17, 90))]
+        alone = []
+        for prompt in prompts:
+            logits, cache = run_prompt(model, prompt)
+            steps = []
+            token = int(logits.argmax())
+            for _ in range(4):
+                row = model.decode(np.asarray([token]), [cache])[0]
+                steps.append(row)
+                token = int(row.argmax())
+            alone.append(np.stack(steps))
+        caches, tokens = [], []
+        for prompt in prompts:
+            logits, cache = run_prompt(model, prompt)
+            caches.append(cache)
+            tokens.append(int(logits.argmax()))
+        together = []
+        for _ in range(4):
+            rows = model.decode(np.asarray(tokens), caches)
+            together.append(rows)
+            tokens = rows.argmax(axis=-1).tolist()
+        together = np.stack(together, axis=1)  # [sequences, steps, vocab]
+        assert [c.length for c in caches] == [len(p) + 4 for p in prompts]
+        for got, want in zip(together, alone):
+            assert nmse(want, got) <= 1e-10
+    finally:
+        model.numpy_decode = kept
 
 
 def test_cache_written_by_numpy_decode_serves_a_later_paddle_prefill():
@@ -154,13 +182,29 @@ def test_cache_written_by_numpy_decode_serves_a_later_paddle_prefill():
     gen = load("random:tiny", prefix_cache_bytes=0)
     model = gen.model
     prompt = list(range(40, 90))
-    logits, cache = model.prefill(prompt)
+    logits, cache = run_prompt(model, prompt)
     token = int(logits.argmax())
-    _, cache = model.decode(np.asarray([token]), cache)
+    model.decode(np.asarray([token]), [cache])
     more = [5, 6, 7]
-    continued, _ = model.prefill(prompt + [token] + more, cache, start=len(prompt) + 1)
-    fresh, _ = model.prefill(prompt + [token] + more)
+    continued, _ = run_prompt(model, prompt + [token] + more, cache, start=len(prompt) + 1)
+    fresh, _ = run_prompt(model, prompt + [token] + more)
     assert nmse(fresh, continued) <= 1e-10
+
+
+def test_fork_trim_and_release():
+    model = load("random:tiny", prefix_cache_bytes=0).model
+    ids = list(range(60))
+    logits, cache = run_prompt(model, ids)
+    copy = model.fork(cache, 30, room=10)
+    assert copy.length == 30 and cache.length == 60 and copy.capacity >= 40
+    again, _ = run_prompt(model, ids, copy, start=30)
+    assert nmse(logits, again) <= 1e-10
+    model.trim(cache, 20)
+    assert cache.length == 20
+    redone, _ = run_prompt(model, ids, cache, start=20)
+    assert nmse(logits, redone) <= 1e-10
+    model.release(copy)
+    assert copy.capacity == 0 and copy.nbytes == 0
 
 
 def test_numpy_decode_only_for_float32_on_cpu(model_dirs):

@@ -8,6 +8,7 @@ import pytest
 
 from engine import SamplingParams, load
 from engine.prefix_cache import PrefixCache, common_prefix
+from fakes import run_prompt
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +40,16 @@ def test_logits_identical_after_reuse(pair):
     with_reuse, _ = pair
     model = with_reuse.model
     ids = list(range(30, 130))
-    fresh, _ = model.prefill(ids)
-    _, cache = model.prefill(ids[:70])
-    resumed, _ = model.prefill(ids, cache=cache, start=60)  # back off below what it holds
+    fresh, _ = run_prompt(model, ids)
+    _, cache = run_prompt(model, ids[:70])
+    resumed, _ = run_prompt(model, ids, cache, start=60)  # back off below what it holds
     nmse = ((fresh - resumed) ** 2).mean() / (fresh ** 2).mean()
     assert nmse <= 1e-6
     # a long remainder on top of a cached prefix: several attention and cache blocks
     long_ids = [int(i) for i in np.random.default_rng(5).integers(0, 256, 700)]
-    fresh, _ = model.prefill(long_ids)
-    _, cache = model.prefill(long_ids[:100])
-    resumed, _ = model.prefill(long_ids, cache=cache, start=100)
+    fresh, _ = run_prompt(model, long_ids)
+    _, cache = run_prompt(model, long_ids[:100])
+    resumed, _ = run_prompt(model, long_ids, cache, start=100)
     assert ((fresh - resumed) ** 2).mean() / (fresh ** 2).mean() <= 1e-6
 
 
@@ -120,24 +121,24 @@ def test_common_prefix():
 
 
 def test_cancel_during_a_long_prompt_keeps_what_was_computed():
-    from engine.generate import PREFILL_CHUNK
+    from engine.reuse import PREFILL_CHUNK
 
     gen = load("random:tiny", impl="fast")
     ids = [int(i) for i in np.random.default_rng(8).integers(0, 256, PREFILL_CHUNK * 2 + 100)]
     cancel = threading.Event()
-    real = gen.model.prefill_resumable
+    real = gen.model.prefill
     calls = []
 
-    def prefill_then_cancel(ids, cache=None, start=0, cancel=None, resume=None):
-        calls.append(start)
-        out = real(ids, cache, start, cancel, resume)
+    def prefill_then_cancel(cache, tokens, cancel=None, resume=None):
+        calls.append(cache.length)
+        out = real(cache, tokens, cancel, resume)
         cancel.set()  # as if the client went away after the first chunk
         return out
 
-    gen.model.prefill_resumable = prefill_then_cancel
+    gen.model.prefill = prefill_then_cancel
     r = gen.generate(ids, SamplingParams(max_new_tokens=5), cancel=cancel)
     assert r.finish_reason == "cancelled" and r.completion_tokens == 0 and calls == [0]
-    gen.model.prefill_resumable = real
+    del gen.model.prefill
     again = gen.generate(ids, SamplingParams(max_new_tokens=5, ignore_eos=True))
     assert again.reused_tokens == PREFILL_CHUNK  # the first chunk was kept
     fresh = load("random:tiny", impl="fast", prefix_cache_bytes=0)
@@ -173,7 +174,7 @@ def test_a_prompt_stopped_between_layers_goes_on_from_that_layer(stop_after):
     """A prefill cancelled part-way through a chunk keeps the layers it finished: the next
     request for a prompt going on with those tokens runs only the layers left for that
     chunk, and answers exactly as a fresh engine does."""
-    from engine.generate import PREFILL_CHUNK
+    from engine.reuse import PREFILL_CHUNK
 
     gen = load("random:tiny", impl="fast")
     n_layers = len(gen.model.layers)

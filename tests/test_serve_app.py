@@ -1,6 +1,7 @@
 """The server's routes, errors, auth, CORS, queueing, cancellation and shutdown (fake engine)."""
 from __future__ import annotations
 
+import math
 import json
 import logging
 import socket
@@ -125,7 +126,8 @@ def test_stream_logprobs_per_token(client):
         chunks = [json.loads(e) for e in read_sse(r)[:-1]]
     lps = [c["choices"][0]["logprobs"] for c in chunks]
     assert [lp["tokens"] for lp in lps] == [["h"], ["e"], ["l"]]
-    assert [lp["token_logprobs"] for lp in lps] == [[-0.5]] * 3  # the engine's values
+    # the engine's log-softmax of the fake model's logits (chosen 0, runner-up -20)
+    assert [lp["token_logprobs"] for lp in lps] == [[pytest.approx(-math.log1p(math.exp(-20)))]] * 3
     assert [lp["text_offset"] for lp in lps] == [[2], [3], [4]]
 
 

@@ -12,6 +12,7 @@ import serve.server
 from bench.typing_session import fauxpilot_prompt
 from engine import load
 from engine.sampling import SamplingParams
+from fakes import run_prompt
 from serve.cli import main
 from serve.config import ServeConfig
 from serve.speculate import line_prefixes, next_line_prefix
@@ -92,7 +93,7 @@ def test_warm_makes_the_next_line_reuse_the_prediction(gens):
 def test_warm_stops_between_chunks_and_keeps_its_work(gens, monkeypatch):
     gen, _ = gens
     cancel, chunks = threading.Event(), []
-    real = gen.model.prefill_resumable
+    real = gen.model.prefill
 
     def prefill(*args, **kwargs):  # cancel once two chunks have finished
         out = real(*args, **kwargs)
@@ -101,7 +102,7 @@ def test_warm_stops_between_chunks_and_keeps_its_work(gens, monkeypatch):
             cancel.set()
         return out
 
-    monkeypatch.setattr(gen.model, "prefill_resumable", prefill)
+    monkeypatch.setattr(gen.model, "prefill", prefill)
     guess = next_line_prefix(prompt_on(185, "y"))
     first = gen.warm(guess, cancel, chunk=100)
     assert first.cancelled and first.computed_tokens == 200
@@ -151,9 +152,9 @@ def test_warm_copies_the_shared_part_of_a_longer_entry(gens):
     later = gen.encode(prompt_on(193, "if x"))
     n, key, _, _ = gen.prefix_cache.match(later)
     assert n >= len(gen.encode(guess)) - 2
-    cache = gen.model.fork_cache(gen.prefix_cache.peek(key), n, len(later) - n)
-    continued, _ = gen.model.prefill(later, cache=cache, start=n)
-    fresh, _ = gen.model.prefill(later)
+    cache = gen.model.fork(gen.prefix_cache.peek(key), n, len(later) - n)
+    continued, _ = run_prompt(gen.model, later, cache, start=n)
+    fresh, _ = run_prompt(gen.model, later)
     assert float(((continued - fresh) ** 2).mean() / (fresh ** 2).mean()) <= 1e-10
 
 
@@ -255,14 +256,12 @@ def test_outputs_are_the_same_with_and_without_speculation():
 class SlowWarmFake(FakeGenerator):
     """A fake engine whose warm-up takes 10 s in 20 ms chunks unless cancelled."""
 
-    prefix_cache = object()
-
     def __init__(self):
-        super().__init__(context_length=4096)
+        super().__init__(context_length=4096, prefix_cache_bytes=1 << 20)
         self.warms: list[str] = []
         self.warming = threading.Event()
 
-    def warm(self, text, cancel=None, chunk=None):
+    def warm(self, text, cancel=None, chunk=None, client=None):
         from engine.generate import WarmResult
 
         self.warms.append(text)
@@ -296,7 +295,7 @@ def test_a_request_cancels_a_running_warm_up_and_is_answered():
 
 def test_warm_ups_run_nearest_line_first_and_as_many_lines_as_asked():
     class QuickWarmFake(SlowWarmFake):
-        def warm(self, text, cancel=None, chunk=None):
+        def warm(self, text, cancel=None, chunk=None, client=None):
             from engine.generate import WarmResult
 
             self.warms.append(text)
@@ -368,9 +367,9 @@ def test_replay_runs_warm_ups_only_within_their_own_modes_segments():
     seen = []  # was the warmer's warm-up running while the other server worked?
 
     class Watching(FakeGenerator):
-        def stream(self, prompt, params, cancel=None):
+        def request(self, *args, **kwargs):
             seen.append(live_warm.state.scheduler.warming)
-            return super().stream(prompt, params, cancel)
+            return super().request(*args, **kwargs)
 
     other = Watching(context_length=1 << 16)
     text = DOC

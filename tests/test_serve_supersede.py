@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 import serve.server
 from engine import SamplingParams, load
-from engine.generate import Stream
 from serve.cli import main
 from serve.supersede import client_key, extends
 from serve.testing import FakeGenerator, LiveServer
@@ -176,14 +175,13 @@ class Gated:
     def __getattr__(self, name):
         return getattr(self.generator, name)
 
-    def stream(self, prompt, params, cancel=None):
-        def events():
+    def request(self, prompt, params, cancel, emit, on_done, client=None, on_start=None):
+        def start(req):  # the engine takes it up: hold the worker at the gate
             self.started.set()
             self.gate.wait()
-            inner = self.generator.stream(prompt, params, cancel)
-            yield from inner
-            return inner.result
-        return Stream(events())
+            if on_start is not None:
+                on_start(req)
+        return self.generator.request(prompt, params, cancel, emit, on_done, client, start)
 
 
 PROMPT = "def fibonacci(n):\n    if n < 2:\n        return n\n" * 6
