@@ -1,0 +1,191 @@
+"""cgserve --tensor-parallel 2 (two CPU processes over gloo): real clients, supersede,
+cancellation, SIGTERM, a lost follower, and a Hugging Face model converted then served."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from engine import SamplingParams
+from tp_helpers import followers_of, start, tree, wait_gone
+
+PROMPT = "def fibonacci(n):\n    if n < 2:\n"
+
+
+class Served:
+    def __init__(self, model: str, *args: str, **env):
+        self.proc = start(["-c", "from serve.cli import main; main()", model,
+                           "--tensor-parallel", "2", "--port", "0", *args], **env)
+        line = self.proc.stdout.readline()
+        if not line.startswith("cgserve: serving"):
+            self.proc.kill()
+            raise AssertionError(line + self.proc.stderr.read()[-3000:])
+        self.url = line.rsplit(" at ", 1)[1].strip()
+        self.followers = followers_of(self.proc.pid, 1)
+        self.children = tree(self.proc.pid)
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            left = wait_gone([psutil.Process(self.proc.pid)] if self.proc.poll() is None else []
+                             + self.children)
+            assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def served():
+    server = Served("random:tiny")
+    yield server
+    server.stop()
+
+
+def test_openai_client_plain_and_streaming_match_one_process(served, random_tiny):
+    client = served.client()
+    want = random_tiny.generate(PROMPT, SamplingParams(max_new_tokens=12, temperature=0.0))
+    got = client.completions.create(model="m", prompt=PROMPT, max_tokens=12, temperature=0)
+    assert got.choices[0].text == want.text and got.usage.completion_tokens == 12
+    chunks = list(client.completions.create(model="m", prompt=PROMPT, max_tokens=12,
+                                            temperature=0, stream=True))
+    assert len(chunks) > 1 and "".join(c.choices[0].text for c in chunks) == want.text
+    sampled = SamplingParams(max_new_tokens=8, temperature=1.0, n=2, seed=7)
+    want = random_tiny.generate(PROMPT, sampled)
+    got = client.completions.create(model="m", prompt=PROMPT, max_tokens=8, temperature=1.0,
+                                    n=2, seed=7)
+    assert [c.text for c in got.choices] == [c.text for c in want.choices]
+
+
+def _busy(served, timeout_s=30):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(served.url + "/health", timeout=10).json().get("busy"):
+            return
+        time.sleep(0.02)
+    raise AssertionError("the server never got busy")
+
+
+def test_supersede_under_tensor_parallelism(served):
+    results = {}
+    long = {"prompt": PROMPT, "max_tokens": 1900, "temperature": 0, "user": "ann",
+            }
+
+    def first():
+        results["a"] = httpx.post(served.url + "/v1/completions", json=long, timeout=120)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    _busy(served)
+    b = httpx.post(served.url + "/v1/completions", timeout=120,
+                   json={"prompt": PROMPT + "        ret", "max_tokens": 4, "temperature": 0,
+                         "user": "ann"})
+    thread.join(120)
+    assert b.status_code == 200 and b.json()["usage"]["completion_tokens"] == 4
+    a = results["a"]
+    assert a.status_code == 200 and a.headers.get("X-Cgserve-Superseded") == "true"
+    assert a.json()["choices"][0]["text"] == ""
+
+
+def test_cancellation_by_disconnect(served):
+    before = served.metric('cgserve_cancelled_total{reason="disconnect"}')
+    body = {"prompt": PROMPT, "max_tokens": 1900, "temperature": 0, "stream": True,
+            }
+    with httpx.stream("POST", served.url + "/v1/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break  # one token arrived: hang up
+    deadline = time.monotonic() + 30
+    while served.metric('cgserve_cancelled_total{reason="disconnect"}') <= before:
+        assert time.monotonic() < deadline, "the disconnect never cancelled the request"
+        time.sleep(0.05)
+    got = served.client().completions.create(model="m", prompt="x", max_tokens=3)
+    assert got.usage.completion_tokens == 3  # the ranks are still in step
+
+
+def test_sigterm_exits_0_and_leaves_no_process():
+    server = Served("random:tiny")
+    server.client().completions.create(model="m", prompt="x", max_tokens=2)
+    assert server.stop() == 0
+
+
+def test_killed_follower_gives_503_and_a_nonzero_exit():
+    server = Served("random:tiny", CGW_TP_EXIT_DELAY=8)
+    (follower,) = server.followers
+    follower.kill()
+    statuses = []
+    deadline = time.monotonic() + 30
+    while server.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            r = httpx.post(server.url + "/v1/completions", timeout=30,
+                           json={"prompt": "x", "max_tokens": 2})
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                assert "tensor parallelism lost a rank" in r.json()["error"]["message"]
+                health = httpx.get(server.url + "/health", timeout=10)
+                assert health.status_code == 503 and health.json()["status"] == "failed"
+                break
+        except httpx.TransportError:
+            break
+        time.sleep(0.1)
+    assert 503 in statuses, statuses
+    try:
+        code = server.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        raise AssertionError("cgserve did not exit within 30 s of losing a follower")
+    assert code != 0
+    err = server.proc.stderr.read()
+    assert len([ln for ln in err.splitlines() if "tensor parallelism lost a rank" in ln]) == 1
+    assert not wait_gone(server.children)
+
+
+def test_converted_hugging_face_model_gives_transformers_greedy_text(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from test_convert_hf import VOCAB, _hf_tokenizer
+
+    from convert.hf import convert_hf
+
+    torch.manual_seed(0)
+    config = transformers.CodeGenConfig(vocab_size=VOCAB, n_positions=128, n_ctx=128, n_embd=64,
+                                        n_layer=2, n_head=4, rotary_dim=8, bos_token_id=316,
+                                        eos_token_id=316, pad_token_id=316)
+    model = transformers.CodeGenForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    src, dst = tmp_path / "hf", tmp_path / "converted"
+    model.save_pretrained(str(src), safe_serialization=True)
+    _hf_tokenizer(src, tmp_path / "scratch")
+    convert_hf(src, dst)
+    tok = transformers.AutoTokenizer.from_pretrained(str(src))
+    ids = tok(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=316,
+                             eos_token_id=None, min_new_tokens=10)
+    want = tok.decode(out[0, ids.shape[1]:])
+    server = Served(str(dst))
+    try:
+        got = httpx.post(server.url + "/v1/completions", timeout=60,
+                         json={"prompt": PROMPT, "max_tokens": 10, "temperature": 0,
+                               }).json()
+        assert got["choices"][0]["text"] == want and want
+    finally:
+        assert server.stop() == 0
