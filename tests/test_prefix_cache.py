@@ -210,3 +210,42 @@ def test_a_stopped_chunk_is_not_resumed_for_other_tokens():
     fresh = load("random:tiny", impl="fast", prefix_cache_bytes=0)
     want = fresh.generate(other, SamplingParams(max_new_tokens=4, ignore_eos=True))
     assert result.choices[0].token_ids == want.choices[0].token_ids
+
+
+def test_entries_belong_to_their_client():
+    cache = PrefixCache(100)
+    cache.put([1, 2, 3, 4], "alice's", 10, client="alice")
+    assert cache.take([1, 2, 3, 4, 5], client="bob") == (None, 0)
+    assert cache.match([1, 2, 3, 4, 5], client="bob")[0] == 0
+    assert cache.take([1, 2, 3, 4, 5], client="alice") == ("alice's", 4)
+
+
+def test_one_busy_client_cannot_evict_everyone_else():
+    released = []
+    cache = PrefixCache(40, release=released.append)
+    cache.put([1], "bob-1", 10, client="bob")
+    cache.put([2], "carol-1", 10, client="carol")
+    for i in range(6):  # alice types fast: her entries push out her own oldest ones
+        cache.put([10 + i], f"alice-{i}", 10, client="alice")
+    assert cache.take([1, 0], client="bob") == ("bob-1", 1)
+    assert cache.take([2, 0], client="carol") == ("carol-1", 1)
+    assert cache.bytes_by_client() == {"alice": 20}
+    assert released == ["alice-0", "alice-1", "alice-2", "alice-3"]  # evicted caches freed
+    # of two clients holding the same, the one whose entry is older gives way
+    cache = PrefixCache(30)
+    cache.put([1], "a", 10, client="a")
+    cache.put([2], "b", 10, client="b")
+    cache.put([3], "c", 10, client="c")
+    cache.put([4], "d", 10, client="d")
+    assert sorted(cache.bytes_by_client()) == ["b", "c", "d"]
+
+
+def test_a_request_of_one_client_reuses_its_own_entry_in_the_engine():
+    gen = load("random:tiny", impl="fast")
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    prompt = typing_prompts(seed=4)[0]
+    gen.generate(prompt, params, client="alice")
+    other = gen.generate(prompt + "xy", params, client="bob")
+    own = gen.generate(prompt + "xy", params, client="alice")
+    assert other.reused_tokens == 0 and own.reused_tokens >= len(prompt) - 1
+    assert own.choices[0].token_ids == other.choices[0].token_ids
