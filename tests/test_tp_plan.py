@@ -160,3 +160,32 @@ def test_shapes_are_checked_before_data(tmp_path):
     config = config_from_dict(cfg, "three layers")
     with pytest.raises(Exception, match="missing"):
         read_shards(tmp_path / "m" / "model.safetensors", config, ShardPlan(config.arch, 0, 2))
+
+
+@pytest.mark.parametrize("fmt", ["pdparams", "safetensors"])
+def test_a_rank_never_holds_the_whole_file(tmp_path, fmt):
+    """Peak memory while reading rank 0's half stays well under the file's size (the plain
+    readers hold all of it, and the pickle's memo holds the raw bytes once more)."""
+    import tracemalloc
+
+    from engine.weights import write_safetensors
+
+    arch = Architecture(n_layer=8, n_embd=128, n_head=4, rotary_dim=8, vocab_size=256,
+                        n_positions=64)
+    config = config_from_dict({**arch.config_dict(), "eos_token_id": 0, "pad_token_id": 0},
+                              "eight layers")
+    rng = np.random.default_rng(0)
+    state = {n: rng.standard_normal(s).astype(np.float32) for n, s in arch.tensor_shapes().items()}
+    path = tmp_path / ("model_state.pdparams" if fmt == "pdparams" else "model.safetensors")
+    (write_pdparams if fmt == "pdparams" else write_safetensors)(path, state)
+    size = path.stat().st_size
+    del state
+    tracemalloc.start()
+    try:
+        kept = dict(read_shards(path, config, ShardPlan(arch, 0, 2)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    held = sum(a.nbytes for a in kept.values())
+    assert held < 0.6 * size
+    assert peak < 0.75 * size, f"peak {peak} bytes for a {size}-byte file"
