@@ -5,7 +5,7 @@ import math
 
 from .schema import IDENTITY, MODEL, read_points
 
-MATCH = ("variant", "backend", "dtype", "prompt_tokens", "new_tokens", "batch")
+MATCH = ("variant", "backend", "dtype", "prompt_tokens", "new_tokens", "batch", "tensor_parallel")
 SKIP = {name for name, _ in IDENTITY + MODEL} | {"rss_samples", "gpu_samples",
                                                  "gpu_sample_interval_ms", "gpu_total_mb",
                                                  "gpu_idle_mb", "bandwidth_gbps", "latency_count",

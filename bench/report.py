@@ -12,7 +12,7 @@ from .schema import ENV_FILE, read_points
 TABLE = [
     ("variant", "variant", None), ("backend", "backend", None), ("dtype", "dtype", None),
     ("prompt_tokens", "prompt", None), ("new_tokens", "new", None), ("batch", "batch", None),
-    ("status", "status", None), ("load_s", "load s", 1), ("ttft_ms_mean", "ttft ms", 0),
+    ("tensor_parallel", "tp", None), ("status", "status", None), ("load_s", "load s", 1), ("ttft_ms_mean", "ttft ms", 0),
     ("ttft_ms_p90", "ttft p90", 0), ("tpot_ms_mean", "tpot ms", 1), ("itl_ms_p50", "itl p50", 1),
     ("itl_ms_p90", "itl p90", 1), ("itl_ms_p99", "itl p99", 1), ("e2e_ms_mean", "e2e ms", 0),
     ("tokens_per_s_mean", "tok/s", 2), ("peak_rss_mb", "rss MiB", 0),
@@ -63,7 +63,7 @@ def backend_ratios(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["status"] == "ok":
             by_key[(r["variant"], r["dtype"], r["device"], r["prompt_tokens"], r["new_tokens"],
-                    r["batch"], r["backend"])] = r
+                    r["batch"], r.get("tensor_parallel", 1), r["backend"])] = r
     out = []
     for key, p in by_key.items():
         if key[-1] == "hf" or key[:-1] + ("hf",) not in by_key:
@@ -144,6 +144,7 @@ def write_plots(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
         return []
     labels = [f"{r['variant'].replace('codegen-', '')}\n{r['backend']} {r['dtype'].replace('float', 'fp')}\n"
               f"p{r['prompt_tokens']} n{r['new_tokens']}" + (f" b{r['batch']}" if r['batch'] != 1 else "")
+              + (f" tp{r['tensor_parallel']}" if r.get("tensor_parallel", 1) != 1 else "")
               for r in ok]
     colors = ["tab:blue" if r["backend"] == "paddle" else "tab:orange" for r in ok]
     x = range(len(ok))
