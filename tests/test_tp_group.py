@@ -82,6 +82,22 @@ def test_hung_step_is_detected():
     assert not wait_gone([follower])
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_call_failing_on_one_rank_fails_the_group(rank):
+    """The ranks may now be at different collectives: 503 and exit, not a silent hang."""
+    proc, (follower,) = _serving(TOY_FAIL_RANK=rank, CGW_TP_EXIT_DELAY=1)
+    try:
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("rank 0 did not exit within 30 s of a failed call")
+    err = proc.stderr.read()
+    assert code != 0
+    assert len([ln for ln in err.splitlines() if "tensor parallelism lost a rank" in ln]) == 1
+    assert ("rank 0's model call failed (RuntimeError" if rank == 0 else "exited with code") in err
+    assert not wait_gone([follower])
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_rank0_gone_takes_the_followers(sig):
     proc, followers = _serving()

@@ -189,3 +189,36 @@ def test_converted_hugging_face_model_gives_transformers_greedy_text(tmp_path):
         assert got["choices"][0]["text"] == want and want
     finally:
         assert server.stop() == 0
+
+
+def test_a_damaged_weight_file_is_one_error_and_no_process_left(tmp_path):
+    import builders
+
+    builders.write_model_dir(tmp_path / "m")
+    weights = tmp_path / "m" / "model_state.pdparams"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    proc = start(["-c", "from serve.cli import main; main()", str(tmp_path / "m"),
+                  "--tensor-parallel", "2", "--port", "0"])
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 1, err[-2000:]
+    lines = [ln for ln in err.splitlines() if "truncated" in ln]
+    assert len(lines) == 1 and "model_state.pdparams" in lines[0], err[-2000:]
+    assert "lost a rank" not in err and "Traceback" not in err
+    assert not wait_gone(_followers_for(str(tmp_path)))
+
+
+def _followers_for(marker: str) -> list:
+    """Follower processes whose job names `marker` (started by the test's cgserve)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if ("engine.tensor_parallel.follower" in " ".join(p.info["cmdline"] or [])
+                    and marker in p.environ().get("CGW_TP_JOB", "")):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found

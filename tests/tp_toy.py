@@ -50,6 +50,8 @@ class Toy:
         if self.hang_on is not None and self.calls >= self.hang_on:
             import time
             time.sleep(3600)
+        if os.environ.get("TOY_FAIL_RANK") == str(self.rank) and self.calls >= 3:
+            raise RuntimeError("injected failure on one rank")
 
     def prefill(self, cache, tokens, cancel=None, resume=None):
         self._hang()

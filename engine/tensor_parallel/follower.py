@@ -23,9 +23,8 @@ def main() -> int:
     channel = Channel()
     try:
         local = build_local(job, rank, world, channel.all_reduce)
-    except EngineError as exc:
-        print(f"tensor-parallel rank {rank}: {exc}", file=sys.stderr, flush=True)
-        return 1
+    except EngineError:
+        return 1  # the same files and options: rank 0 meets the same error and reports it
     channel.flag(None)  # loaded: rank 0 waits for every rank here
     follow(local, channel)
     return 0

@@ -153,6 +153,19 @@ class Group:
                 return self.fail(f"a tensor-parallel step has not finished after "
                                  f"{STEP_TIMEOUT_S:g} s: a follower hangs")
 
+    def exited_follower(self, wait_s: float = 0.0) -> str | None:
+        """'follower rank r (pid p) exited with code c' for a follower that has exited (waiting
+        up to `wait_s` for one to), else None."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            for f in self.followers:
+                code = f.process.poll()
+                if code is not None:
+                    return f"follower rank {f.rank} (pid {f.process.pid}) exited with code {code}"
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
     def fail(self, reason: str) -> None:
         """Mark the group failed, log one line, stop the followers, exit after EXIT_DELAY_S."""
         with self._lock:

@@ -107,7 +107,7 @@ def load_tensor_parallel(spec: str, dtype: str, device: str, world: int, seed: i
     model is a RemoteModel (engine/interface.py's Model)."""
     from ..model import LoadedModel, random_tokenizer
     from ..tokenizer import ByteTokenizer, load_tokenizer
-    from .remote import Channel, RemoteModel
+    from .remote import Channel, RankLost, RemoteModel
 
     start = time.perf_counter()
     kind, gpus = parse_devices(device, world)
@@ -131,18 +131,30 @@ def load_tensor_parallel(spec: str, dtype: str, device: str, world: int, seed: i
         model_dir = Path(spec).expanduser()
         find_weight_file(model_dir)  # a missing weight file is one error here, not N
         tokenizer = load_tokenizer(model_dir, config.eos_token_id)
+        if tokenizer.usable_ids() > config.arch.vocab_size:
+            raise ModelFilesError(f"{model_dir}: the tokenizer has {tokenizer.usable_ids()} tokens "
+                                  f"but {config.source} gives vocab_size {config.arch.vocab_size};"
+                                  " the tokenizer files belong to another model, copy the "
+                                  "matching ones")
     if kind == "gpu":
-        activate_device(Device("gpu", gpus[0]), dtype)  # checks the GPUs exist before starting
+        for gpu in gpus:  # every rank's GPU exists (and takes the dtype) before any starts
+            activate_device(Device("gpu", gpu), dtype)
+        activate_device(Device("gpu", gpus[0]), dtype)
     group = Group(world, kind, gpus)
     group.start(job)
     channel = Channel()
-    local = build_local(job, 0, world, channel.all_reduce)
+    try:
+        local = build_local(job, 0, world, channel.all_reduce)
+    except BaseException:  # the followers meet the same error: stop them, report it once
+        group.closing = True
+        group.close(timeout_s=0.5)
+        raise
     model = RemoteModel(local, channel, group, world)
     try:
         channel.flag(True)  # every follower has loaded its shard
     except RuntimeError:
-        raise OptionError(group.failure or "a tensor-parallel follower failed while loading "
-                          "(its error is above)") from None
+        raise RankLost(group.exited_follower(2.0) or group.failure or
+                       "a tensor-parallel follower failed while loading") from None
     group.ready = True
     atexit.register(model.close)
     if job.get("eos_token_id") is not None:

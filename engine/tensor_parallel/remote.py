@@ -136,16 +136,23 @@ class RemoteModel:
             if self.group is not None:
                 self.group.step_started()
             try:
-                if self._dropped:
-                    dropped, self._dropped = self._dropped, []
+                dropped = []
+                while self._dropped:  # pop: a finalizer may append from another thread
+                    dropped.append(self._dropped.pop())
+                if dropped:
                     self.channel.send(RELEASE, (), dropped)
                 self.channel.send(op, args, payload)
                 return run()
-            except RuntimeError as exc:  # a collective failed: a peer is gone
-                if self.failure or "gloo" in str(exc).lower() or "nccl" in str(exc).lower():
-                    raise RankLost(self.failure or f"tensor-parallel collective failed: "
-                                   f"{str(exc).splitlines()[0][:200]}") from None
-                raise
+            except EngineError:
+                raise  # a user's error, raised the same way on every rank: still in step
+            except Exception as exc:
+                # anything else may have left the ranks at different collectives: the model
+                # cannot be trusted any more, so the group fails (503, then exit)
+                first = (str(exc).splitlines() or [""])[0][:200]
+                if self.group is not None:  # a collective error usually means a follower died
+                    self.group.fail(self.group.exited_follower(wait_s=2.0) or
+                                    f"rank 0's model call failed ({type(exc).__name__}: {first})")
+                raise RankLost(self.failure or f"tensor-parallel call failed: {first}") from None
             finally:
                 if self.group is not None:
                     self.group.step_done()
@@ -234,8 +241,11 @@ def follow(local, channel: Channel) -> None:
             return
         try:
             _execute(local, op, args, payload, caches, mirror)
-        except Exception:  # rank 0 ran the same call; it reports the error to its caller
+        except EngineError:
+            pass  # a user's error: rank 0 raised the same one and tells its caller
+        except Exception:  # out of step with rank 0 now: leave, rank 0 sees us go
             log.exception("tensor-parallel follower: op %d failed", op)
+            raise
 
 
 def _execute(local, op, args, payload, caches, mirror) -> None:
