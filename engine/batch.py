@@ -339,7 +339,7 @@ class Batch:
         if req.finished:
             return
         self._leave(req)
-        if not isinstance(exc, OptionError):
+        if not isinstance(exc, OptionError) and not getattr(exc, "reported", False):
             log.error("a request failed (the others go on)", exc_info=exc)
         for cache in [row.cache for row in req.rows] or (
                 [req.prompt.cache] if req.prompt is not None else []):

@@ -286,8 +286,9 @@ class Scheduler:
         self.warmups["started"] += 1
         try:
             result = self.generator.warm(text, cancel, client=client)
-        except Exception:  # a warm-up is an optimisation: never let it stop the worker
-            log.exception("speculative warm-up failed")
+        except Exception as exc:  # a warm-up is an optimisation: never let it stop the worker
+            if not getattr(exc, "reported", False):  # e.g. a lost tensor-parallel rank
+                log.exception("speculative warm-up failed")
             result = None
         finally:
             with self._cond:

@@ -127,7 +127,18 @@ def test_sigterm_exits_0_and_leaves_no_process():
 def test_killed_follower_gives_503_and_a_nonzero_exit():
     server = Served("random:tiny", CGW_TP_EXIT_DELAY=8)
     (follower,) = server.followers
+    in_flight = {}
+
+    def long_request():
+        in_flight["r"] = httpx.post(server.url + "/v1/completions", timeout=60,
+                                    json={"prompt": PROMPT, "max_tokens": 1900})
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    _busy(server)
     follower.kill()
+    thread.join(60)
+    assert in_flight["r"].status_code == 503  # the request running when the rank was lost
     statuses = []
     deadline = time.monotonic() + 30
     while server.proc.poll() is None and time.monotonic() < deadline:

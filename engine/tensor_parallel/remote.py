@@ -29,6 +29,7 @@ class RankLost(EngineError):
     """The model cannot run: a tensor-parallel rank is gone (cgserve answers 503)."""
 
     http_status = 503
+    reported = True  # the group printed the one line already: no traceback per request
 
 
 class Channel:
