@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily
 prometheus_client.disable_created_metrics()
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+CANCEL_REASONS = ("disconnect", "timeout", "shutdown", "superseded", "aborted")
 # The exposition format generate_latest writes (what Prometheus 2 and 3 both read).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -73,8 +74,8 @@ class Metrics:
                                 "HTTP requests answered, by route and status",
                                 ["route", "status"], registry=reg)
         self.cancelled = Counter("cgserve_cancelled_total",
-                                 "Generations cut short, by reason (disconnect, timeout, shutdown, "
-                                 "superseded)", ["reason"], registry=reg)
+                                 "Generations cut short, by reason (" + ", ".join(CANCEL_REASONS) +
+                                 ")", ["reason"], registry=reg)
         self.rejected = Counter("cgserve_rejected_total",
                                 "Completions refused before generation, by reason", ["reason"],
                                 registry=reg)
@@ -100,6 +101,9 @@ class Metrics:
         self.queue_wait = Histogram("cgserve_queue_wait_seconds",
                                     "Time a completion waited in the queue",
                                     buckets=LATENCY_BUCKETS_S, registry=reg)
+        for why in CANCEL_REASONS:  # at 0 from the start, so rates and diffs need no gaps
+            self.cancelled.labels(reason=why)
+        self.rejected.labels(reason="queue_full")
         reg.register(WarmupCounters(scheduler))
 
         def reading(attribute: str) -> Callable[[], float]:
