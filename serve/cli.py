@@ -8,7 +8,7 @@ import click
 from engine.cli_common import (device_option, dtype_option, speculate_options, tokenizer_option,
                                user_errors, version_option)
 
-from .config import DEFAULT_HOST, DEFAULT_PORT, ServeConfig
+from .config import DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_PORT, ServeConfig
 from .speculate import LINES_AHEAD, MAX_LINES_AHEAD
 
 ENV = "CGSERVE_"
@@ -30,7 +30,7 @@ def _opt(*names, env: str, **kwargs):
       help="Require 'Authorization: Bearer KEY' on /v1 routes.")
 @_opt("--max-queue", env="MAX_QUEUE", default=16, type=int,
       help="Requests allowed to wait; more get 503 with Retry-After.")
-@_opt("--max-batch", env="MAX_BATCH", default=8, type=int,
+@_opt("--max-batch", env="MAX_BATCH", default=DEFAULT_MAX_BATCH, type=int,
       help="Sequences decoded together at most (a request with n choices is n of them).")
 @_opt("--kv-cache-mb", env="KV_CACHE_MB", default=None, type=float,
       help="KV cache the running sequences may reserve, in MiB; a request that can never fit "

@@ -10,6 +10,7 @@ from .speculate import LINES_AHEAD, check_lines_ahead
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8978
+DEFAULT_MAX_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class ServeConfig:
     device: str = "cpu"
     api_key: str | None = None
     max_queue: int = 16
-    max_batch: int = 8  # sequences (rows: n choices count n) decoded together at most
+    max_batch: int = DEFAULT_MAX_BATCH  # sequences (n choices count n) decoded together
     kv_cache_mb: float | None = None  # KV cache the running sequences may reserve; None: engine's
     cors_origin: str | None = None
     request_timeout_s: float = 120.0
