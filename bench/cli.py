@@ -5,8 +5,9 @@ from pathlib import Path
 
 import click
 
-from engine.cli_common import user_errors, version_option
-from serve.speculate import LINES_AHEAD
+from engine.cli_common import (device_option, dtype_option, speculate_options, tokenizer_option,
+                               user_errors, version_option)
+from serve.speculate import LINES_AHEAD, MAX_LINES_AHEAD
 
 
 @click.group(help="Measure latency and memory of CodeGen variants on this machine.")
@@ -28,8 +29,8 @@ def default_run_dir() -> Path:
 @click.option("--data", "data", help="Data sets to combine with --sizes: nl, multi, mono.")
 @click.option("--weights", default="random", show_default=True,
               help="`random` or a directory holding codegen-<size>-<data> model directories.")
-@click.option("--dtype", default="float32", show_default=True, help="Comma-separated dtypes.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or gpu:N.")
+@dtype_option(several=True)
+@device_option()
 @click.option("--prompt-tokens", default="128", show_default=True, help="Prompt lengths, comma-separated.")
 @click.option("--new-tokens", default="16", show_default=True, help="New tokens per request, comma-separated.")
 @click.option("--batch", default="1", show_default=True, help="Rows decoded together, comma-separated.")
@@ -118,7 +119,7 @@ def compare(run_a, run_b, fmt, metrics):
 @click.option("--batch", default=1, show_default=True, type=int)
 @click.option("--data", "data", default="mono", show_default=True, help="nl, multi or mono.")
 @click.option("--gpu", "gpu_name", help="Target GPU (e.g. P40) when the run is from another device.")
-@click.option("--dtype", default="float32,float16", show_default=True)
+@dtype_option(several=True, default="float32,float16")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @user_errors
 def recommend(run_dir, memory, gpus, max_ttft_ms, max_tpot_ms, prompt_tokens, batch, data,
@@ -189,15 +190,8 @@ def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, a
               help="The extension's fauxpilot.maxLines: prompt window in lines.")
 @click.option("--lines", help="FIRST-LAST (1-based) lines to type; the lines above are already there. "
               "Several ranges, comma-separated (A-B,C-D), are typed one after the other.")
-@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path),
-              help="With --model random:<variant>: BPE tokenizer directory to pair with the random "
-                   "weights (`cgbench train-tokenizer`) instead of one token per byte.")
-@click.option("--speculate/--no-speculate", default=True, show_default=True,
-              help="With --model: the reuse server warms the next line's prompt start while "
-                   "idle (cgserve --speculate).")
-@click.option("--speculate-lines", default=LINES_AHEAD, show_default=True, type=int,
-              help="With --model: how many coming lines the reuse server warms "
-                   "(cgserve --speculate-lines).")
+@tokenizer_option(when="--model random:<variant>")
+@speculate_options(LINES_AHEAD, MAX_LINES_AHEAD, when="With --model, on the reuse server")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(path_type=Path), help="Directory (default results/typing-<file>-<time>).")
 @user_errors

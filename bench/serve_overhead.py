@@ -123,8 +123,9 @@ def measure(engine_name: str, generator, args) -> list[dict]:
                 if not proc.is_alive():
                     raise SystemExit(f"the client process failed (exit code {proc.exitcode})")
         proc.join()
-        waits = live.state.metrics.queue_wait  # per request only in aggregate
-        mean_wait_ms = waits.sum / max(waits.count, 1) * 1e3
+        metrics = live.state.metrics  # queue waits only in aggregate
+        mean_wait_ms = metrics.value("cgserve_queue_wait_seconds_sum") / \
+            max(metrics.value("cgserve_queue_wait_seconds_count"), 1) * 1e3
     per_mode = args.warmup + args.requests
     results = [r for k, r in enumerate(recorder.results) if k % per_mode >= args.warmup]
     assert len(results) == len(rows), (len(results), len(rows))
