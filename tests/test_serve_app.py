@@ -294,8 +294,11 @@ def test_batch_settings_reach_the_scheduler():
         scheduler = live.state.scheduler
         assert (scheduler.max_queue, scheduler.max_batch, scheduler.kv_cache_bytes) == \
             (3, 4, 2 << 20)
-    with LiveServer(FakeGenerator()) as live:
-        assert (live.state.scheduler.max_batch, live.state.scheduler.kv_cache_bytes) == (8, None)
+    fake = FakeGenerator()
+    with LiveServer(fake) as live:  # not given: the engine's defaults stay
+        assert (live.state.scheduler.max_batch, live.state.scheduler.kv_cache_bytes) == \
+            (8, fake.batch.kv_budget_bytes)
+        assert fake.batch.kv_budget_bytes == 8 * fake.context_length * fake.model.kv_bytes_per_token()
 
 
 def test_full_queue_is_503_with_retry_after():

@@ -160,18 +160,26 @@ def test_no_client_key_without_supersede_and_speculate():
 
 
 class FailingGenerator(FakeGenerator):
-    """Raises `error` after `tokens` tokens (as the batching engine does for a request whose
-    KV cache can never fit: an OptionError)."""
+    """Its model raises `error` once `tokens` tokens are out: in the prompt (0) or in a decode
+    step; the batch fails that request with it (as it would one whose KV cache can never
+    fit: an OptionError)."""
 
     def __init__(self, error: Exception, tokens: int = 0):
         super().__init__()
         self.error, self.tokens = error, tokens
+        prefill, decode = self.model.prefill, self.model.decode
 
-    def _events(self, prompt, params, cancel):
-        events = super()._events(prompt, params, cancel)
-        for _ in range(self.tokens):
-            yield next(events)
-        raise self.error
+        def failing_prefill(cache, ids, cancel=None, resume=None):
+            if self.tokens == 0:
+                raise self.error
+            return prefill(cache, ids, cancel, resume)
+
+        def failing_decode(tokens, caches):
+            if caches[0].data + 1 >= self.tokens:
+                raise self.error
+            return decode(tokens, caches)
+
+        self.model.prefill, self.model.decode = failing_prefill, failing_decode
 
 
 @pytest.mark.parametrize("error, status, code", [
