@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.backends import BACKENDS, prompt_ids
-from bench.plan import Point
-from bench.worker import classify, floor_row, latency_row
+from bench.sweep.backends import BACKENDS, prompt_ids
+from bench.sweep.plan import Point
+from bench.sweep.worker import classify, floor_row, latency_row
 
 
 @pytest.fixture(scope="module", params=["paddle", "hf"])
@@ -31,7 +31,7 @@ def test_prompts_are_exact_and_reproducible():
 
 
 def test_latency_row_from_timings():
-    from bench.backends import Timing
+    from bench.sweep.backends import Timing
 
     timings = [Timing(100.0, 90.0, 400.0, [100.0, 200.0, 300.0, 400.0], 4),
                Timing(120.0, 95.0, 420.0, [120.0, 220.0, 320.0, 420.0], 4)]

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.schema import COLUMNS, SCHEMA_VERSION, markdown_documentation, read_points
+from bench.sweep.schema import COLUMNS, SCHEMA_VERSION, markdown_documentation, read_points
 from engine.variants import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def test_compare_a_run_with_itself_gives_ratio_one(tiny_run):
 
 def test_compare_finds_ratios_between_runs(tiny_run, tmp_path):
     rows = read_points(tiny_run[0])
-    from bench.schema import write_points
+    from bench.sweep.schema import write_points
 
     faster = [dict(r, ttft_ms_mean=r["ttft_ms_mean"] / 2) for r in rows]
     write_points(tmp_path, faster)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.typing_session import fauxpilot_prompt, plan_session
+from bench.typing.session import fauxpilot_prompt, plan_session
 from serve.testing import FakeGenerator, LiveServer
 
 

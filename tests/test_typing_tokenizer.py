@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import builders
 from bench.cli import main
-from bench.tokenizer_train import WHITESPACE, train_tokenizer
+from bench.typing.tokenizer import WHITESPACE, train_tokenizer
 from engine import ConfigError, ModelFilesError, OptionError, SamplingParams, load
 from engine.model import random_tokenizer
 from engine.tokenizer import decode, load_tokenizer

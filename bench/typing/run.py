@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .errors import BenchError
-from .memory import peak_rss_bytes
-from .typing_replay import SpeculationGate, read_metrics, replay
-from .typing_report import render_summary, summarise, write_results
-from .typing_session import line_offsets, plan_session
+from ..errors import BenchError
+from ..memory import peak_rss_bytes
+from ..output import git_commit
+from ..http_client import read_metrics
+from .replay import SpeculationGate, replay
+from .report import render_summary, summarise, write_results
+from .session import line_offsets, plan_session
 from serve.speculate import LINES_AHEAD, check_lines_ahead
 
 METRICS = ("cgserve_prompt_tokens_reused_total", "cgserve_prompt_tokens_computed_total",
@@ -142,7 +143,7 @@ def run_typing(cfg: TypingConfig, log=print) -> tuple[dict, Path]:
 
 
 def environment(cfg, text, first, last, n_lines, typed, requests, started, load_s) -> dict:
-    from .hardware import describe_environment
+    from ..hardware import describe_environment
 
     env = describe_environment(measure_bandwidth=False)
     env.update(
@@ -152,7 +153,7 @@ def environment(cfg, text, first, last, n_lines, typed, requests, started, load_
         requests_per_mode=requests, modes=list(cfg.modes), url=cfg.url,
         baseline_url=cfg.baseline_url, model=cfg.model, load_s=load_s, cps=cfg.cps,
         pause_ms=list(cfg.pause_ms), pause_prob=cfg.pause_prob, max_tokens=cfg.max_tokens,
-        seed=cfg.seed, git_commit=_git_commit(), peak_rss_bytes=peak_rss_bytes(),
+        seed=cfg.seed, git_commit=git_commit(), peak_rss_bytes=peak_rss_bytes(),
         speculate=cfg.speculate if cfg.model else "see the servers' settings",
         speculate_lines=cfg.speculate_lines if cfg.model else "see the servers' settings",
         speculation_gated=len(cfg.modes) > 1,
@@ -179,14 +180,3 @@ def tokenizer_info(path: Path) -> dict:
     except (OSError, ValueError):
         pass
     return info
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                               cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+uncommitted" if dirty else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None

@@ -1,7 +1,7 @@
 """The `points.csv` schema: one row per sweep point, every column documented here.
 
 This table is the one source of truth: `results/README.md` is generated from it
-(`python -m bench.schema > results/README.md` keeps them in step; a test checks they agree).
+(`python -m bench.sweep.schema > results/README.md` keeps them in step; a test checks they agree).
 Bump SCHEMA_VERSION whenever a column is renamed, removed or changes meaning.
 """
 from __future__ import annotations
@@ -9,12 +9,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
-from .errors import BenchError, SchemaError
-from .latency import STATS
+from ..errors import BenchError, SchemaError
+from ..latency import STATS
+from ..output import atomic_write
 
 SCHEMA_VERSION = 1
 POINTS_FILE = "points.csv"
@@ -169,20 +168,6 @@ def write_points(run_dir: Path, rows: list[dict]) -> Path:
         writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
     atomic_write(path, buf.getvalue())
     return path
-
-
-def atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def point_key(row: dict) -> tuple:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from engine.runtime import configure_cpu_threads
 
-from .latency import LatencyStats, gaps
+from ..latency import LatencyStats, gaps
 from .plan import Point
 from .schema import SCHEMA_VERSION
 
@@ -106,12 +106,12 @@ def measure(point: Point, job: dict, row: dict) -> dict:
     Memory readings are filled in even when the point fails (an OOM row keeps its peaks).
     """
     from .backends import BACKENDS, prompt_ids
-    from .memory import RssSampler
+    from ..memory import RssSampler
 
     rss = RssSampler().start()
     gpu = None
     if point.device.startswith("gpu"):
-        from .memory import NvmlSampler
+        from ..memory import NvmlSampler
 
         gpu = NvmlSampler(int(point.device.split(":")[1])).start()  # idle baseline before load
     try:
@@ -147,7 +147,7 @@ def measure(point: Point, job: dict, row: dict) -> dict:
                        gpu_peak_process_mb=g.peak_process_mb, gpu_samples=g.samples,
                        gpu_sample_interval_ms=g.interval_ms)
     if gpu is not None:
-        from .hardware import lookup_gpu
+        from ..hardware import lookup_gpu
 
         known = lookup_gpu(row["gpu_name"])
         if known:

@@ -17,10 +17,13 @@ import math
 import re
 from dataclasses import dataclass
 
+import pandas as pd
+
 from engine.variants import ARCHITECTURES, DATA_NOTES, SIZES, TINY, get_variant
 
-from .errors import BenchError
-from .hardware import lookup_gpu
+from ..errors import BenchError
+from ..hardware import lookup_gpu
+from .frames import ok_points, points_frame
 
 CUDA_CONTEXT_MB = 430
 HEADROOM = 0.95
@@ -71,48 +74,48 @@ def estimate_need_mb(size: str, dtype: str, context: int, batch: int, gpus: int 
     return (total + workspace_bytes(arch, context, per_byte)) / MiB + CUDA_CONTEXT_MB
 
 
-def _measured_memory(rows: list[dict], size: str, dtype: str, context: int, batch: int):
-    best = None
-    for r in rows:
-        if (r["status"] == "ok" and r["size"] == size and r["dtype"] == dtype
-                and r["backend"] == "paddle" and isinstance(r.get("gpu_peak_device_mb"), (int, float))):
-            unused = max(0, context - r["prompt_tokens"] - r["new_tokens"])
-            need = r["gpu_peak_device_mb"] + r["kv_bytes_per_token"] * unused * batch / MiB
-            best = need if best is None else max(best, need)
-    return best
+def _measured_memory(points: pd.DataFrame, size: str, dtype: str, context: int, batch: int):
+    """The largest measured GPU peak of the size at this dtype, extended to `context` tokens."""
+    sel = points[(points["size"] == size) & (points["dtype"] == dtype)
+                 & (points["backend"] == "paddle") & points["gpu_peak_device_mb"].notna()]
+    if sel.empty:
+        return None
+    unused = (context - sel["prompt_tokens"] - sel["new_tokens"]).clip(lower=0)
+    return float((sel["gpu_peak_device_mb"] + sel["kv_bytes_per_token"] * unused * batch / MiB).max())
 
 
-def _latency(rows, size, dtype, prompt, gpu_name, run_device_name):
+def _latency(points: pd.DataFrame, size, dtype, prompt, gpu_name, run_device_name):
     """(ttft_ms, tpot_ms, how) for a size at a prompt length, measured or scaled."""
-    ok = [r for r in rows if r["status"] == "ok" and r["backend"] == "paddle" and r["dtype"] == dtype]
+    ok = points[(points["backend"] == "paddle") & (points["dtype"] == dtype)]
     target = lookup_gpu(gpu_name) if gpu_name else None
     same_device = not gpu_name or (run_device_name and lookup_gpu(run_device_name) == target)
     arch = ARCHITECTURES[size]
-    if ok and same_device:
-        exact = [r for r in ok if r["size"] == size and r["prompt_tokens"] == prompt]
-        if exact:
-            return (sum(r["ttft_ms_mean"] for r in exact) / len(exact),
-                    _mean_tpot(exact), "measured")
-        ref = [r for r in ok if r["prompt_tokens"] == prompt and r["size"] in ARCHITECTURES]
-        if ref:
-            r = ref[0]
-            base = ARCHITECTURES[r["size"]]
+    if len(ok) and same_device:
+        at_prompt = ok[ok["prompt_tokens"] == prompt]
+        exact = at_prompt[at_prompt["size"] == size]
+        if len(exact):
+            return float(exact["ttft_ms_mean"].mean()), _mean_tpot(exact), "measured"
+        ref = at_prompt[at_prompt["size"].isin(list(ARCHITECTURES))]
+        if len(ref):
+            r = ref.iloc[[0]]
+            base_size = r["size"].iloc[0]
+            base = ARCHITECTURES[base_size]
             scale_b = arch.weight_bytes(dtype) / base.weight_bytes(dtype)
             scale_p = arch.param_count / base.param_count
-            return (r["ttft_ms_mean"] * scale_p, (_mean_tpot([r]) or math.nan) * scale_b,
-                    f"scaled from {r['size']}")
+            return (float(r["ttft_ms_mean"].iloc[0]) * scale_p,
+                    (_mean_tpot(r) or math.nan) * scale_b, f"scaled from {base_size}")
     if target:
         floor = arch.weight_bytes(dtype) / (target.bandwidth_gbps * 1e9) * 1e3
         return None, floor / FLOOR_EFFICIENCY, f"{target.name} bandwidth floor / {FLOOR_EFFICIENCY}"
     return None, None, "not measured"
 
 
-def _mean_tpot(rows):
-    vals = [r["tpot_ms_mean"] for r in rows if isinstance(r.get("tpot_ms_mean"), (int, float))]
-    return sum(vals) / len(vals) if vals else None
+def _mean_tpot(points: pd.DataFrame):
+    values = points["tpot_ms_mean"].dropna()
+    return float(values.mean()) if len(values) else None
 
 
-def recommend(rows: list[dict], env: dict, memory_mb: float, gpus: int = 1,
+def recommend(rows: list[dict] | pd.DataFrame, env: dict, memory_mb: float, gpus: int = 1,
               max_ttft_ms: float | None = None, max_tpot_ms: float | None = None,
               prompt_tokens: int | None = None, context: int = 2048, batch: int = 1,
               dtypes: tuple[str, ...] = ("float32", "float16"), data: str = "mono",
@@ -123,13 +126,15 @@ def recommend(rows: list[dict], env: dict, memory_mb: float, gpus: int = 1,
         raise BenchError(f"--data {data!r}: use {', '.join(DATA_NOTES)}")
     if gpu_name and not lookup_gpu(gpu_name):
         raise BenchError(f"--gpu {gpu_name!r}: not in the bandwidth table (P40, V100, T4, A10, A100, H100, H200)")
-    measured_prompts = sorted({r["prompt_tokens"] for r in rows if r["status"] == "ok"})
-    prompt = prompt_tokens or (measured_prompts[-1] if measured_prompts else 1024)
-    run_gpu = next((r.get("gpu_name") for r in rows if r.get("gpu_name")), None) or env.get("gpu_name")
+    points = ok_points(points_frame(rows))
+    prompt = prompt_tokens or (int(points["prompt_tokens"].max()) if len(points) else 1024)
+    gpu_names = points["gpu_name"].dropna()
+    gpu_names = gpu_names[gpu_names != ""]
+    run_gpu = (gpu_names.iloc[0] if len(gpu_names) else None) or env.get("gpu_name")
     candidates = []
     for size in reversed(SIZES):
         for dtype in dtypes:
-            need = _measured_memory(rows, size, dtype, context, batch)
+            need = _measured_memory(points, size, dtype, context, batch)
             how = "measured" if need is not None else "estimated"
             if need is None:
                 need = estimate_need_mb(size, dtype, context, batch)
@@ -141,7 +146,7 @@ def recommend(rows: list[dict], env: dict, memory_mb: float, gpus: int = 1,
                                  f"{memory_mb / 1024:.0f} GiB" + (
                                      f"; split over {gpus} GPUs it would fit, but cgserve runs a "
                                      "model on one device" if c.split_fits else ""))
-            c.ttft_ms, c.tpot_ms, c.latency_how = _latency(rows, size, dtype, prompt, gpu_name, run_gpu)
+            c.ttft_ms, c.tpot_ms, c.latency_how = _latency(points, size, dtype, prompt, gpu_name, run_gpu)
             if max_ttft_ms is not None:
                 if c.ttft_ms is None:
                     c.reasons.append("ttft unknown (not measured on this device)")

@@ -19,18 +19,18 @@ gets extra time: an optimistic bias, said in the results).
 """
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .errors import BenchError
-from .typing_session import MAX_LINES, Segment, prompt_at
+from ..errors import BenchError
+from ..http_client import FAUXPILOT_PATH, CompletionClient, read_metrics
+from .session import MAX_LINES, Segment, prompt_at
 
 USER_AGENT = "OpenAI/JS 4.3.1"  # what vscode-fauxpilot's openai client sends
-PATH = "/v1/engines/codegen/completions"
+TOKEN = "dummy"  # the extension's default bearer token; each typist of `cgbench load` has its own
 
 
 @dataclass
@@ -64,41 +64,35 @@ def request_body(prompt: str, max_tokens: int) -> str:
                        "temperature": 0.1, "stop": ["\n"]}, indent=2)
 
 
-def send(url: str, prompt: str, max_tokens: int, timeout_s: float = 600.0) -> dict:
-    """POST one completion; returns status, superseded, text, usage (or error)."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
-    try:
-        conn.request("POST", parts.path.rstrip("/") + PATH, body=request_body(prompt, max_tokens),
-                     headers={"Content-Type": "application/json", "User-Agent": USER_AGENT,
-                              "Authorization": "Bearer dummy"})
-        response = conn.getresponse()
-        raw = response.read()
-        out = {"status": response.status,
-               "superseded": response.getheader("X-Cgserve-Superseded") == "true"}
-        body = json.loads(raw) if raw else {}
-        if response.status != 200:
-            out["error"] = str(body.get("error", {}).get("message", raw[:200]))
-            return out
-        usage = body.get("usage") or {}
-        out.update(text=body["choices"][0]["text"], prompt_tokens=usage.get("prompt_tokens", 0),
-                   completion_tokens=usage.get("completion_tokens", 0),
-                   cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
+def send(url: str, prompt: str, max_tokens: int, timeout_s: float = 600.0,
+         token: str = TOKEN) -> dict:
+    """POST one completion as the extension does; returns status, superseded, text, usage
+    (or error)."""
+    client = CompletionClient(url, path=urlsplit(url).path.rstrip("/") + FAUXPILOT_PATH,
+                              headers={"User-Agent": USER_AGENT,
+                                       "Authorization": f"Bearer {token}"},
+                              timeout_s=timeout_s)
+    reply = client.post(request_body(prompt, max_tokens))
+    out = {"status": reply.status,
+           "superseded": reply.headers.get("x-cgserve-superseded") == "true"}
+    if not reply.ok:
+        out["error"] = reply.error
         return out
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        return {"status": 0, "error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        conn.close()
+    usage = reply.usage
+    out.update(text=reply.text, prompt_tokens=usage.get("prompt_tokens", 0),
+               completion_tokens=usage.get("completion_tokens", 0),
+               cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
+    return out
 
 
 def replay_segment(url: str, mode: str, text: str, segment: Segment, max_tokens: int,
-                   clock0: float, max_lines: int = MAX_LINES) -> list[Outcome]:
+                   clock0: float, max_lines: int = MAX_LINES, token: str = TOKEN) -> list[Outcome]:
     """Type one line in real time against `url`; return once all its requests are answered."""
     start = time.perf_counter()
     outcomes, threads = [], []
 
     def fire(outcome: Outcome, prompt: str, fired: float) -> None:
-        result = send(url, prompt, max_tokens)
+        result = send(url, prompt, max_tokens, token=token)
         outcome.latency_ms = (time.perf_counter() - fired) * 1e3
         for key, value in result.items():
             setattr(outcome, key, value)
@@ -150,17 +144,20 @@ class SpeculationGate:
 
 def replay(urls: dict[str, str], text: str, segments: list[Segment], max_tokens: int,
            progress=None, max_lines: int = MAX_LINES,
-           gates: dict[str, SpeculationGate] | None = None) -> list[Outcome]:
+           gates: dict[str, SpeculationGate] | None = None, token: str = TOKEN,
+           clock0: float | None = None) -> list[Outcome]:
     """Every segment against every mode's server, interleaved; all outcomes in order.
 
-    `gates` (by mode): opened for the mode's segments only (see the module docstring)."""
+    `gates` (by mode): opened for the mode's segments only (see the module docstring).
+    `token`: the bearer token every request carries (cgserve tells clients apart by it);
+    `clock0`: the perf_counter time `fired_s` counts from (default: now)."""
     if not urls:
         raise BenchError("no server to replay against")
     modes = list(urls)
     gates = gates or {}
     for gate in gates.values():
         gate.close()
-    clock0 = time.perf_counter()
+    clock0 = time.perf_counter() if clock0 is None else clock0
     outcomes: list[Outcome] = []
     for n, segment in enumerate(segments):
         order = modes if n % 2 == 0 else modes[::-1]
@@ -169,31 +166,9 @@ def replay(urls: dict[str, str], text: str, segments: list[Segment], max_tokens:
             if gate is not None:
                 gate.open()
             outcomes += replay_segment(urls[mode], mode, text, segment, max_tokens, clock0,
-                                       max_lines)
+                                       max_lines, token)
             if gate is not None:
                 gate.close()
         if progress is not None:
             progress(n + 1, len(segments), outcomes)
     return outcomes
-
-
-def read_metrics(url: str) -> dict[str, float]:
-    """cgserve's /metrics as {name{labels}: value} (empty when unreachable)."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=30)
-    try:
-        conn.request("GET", parts.path.rstrip("/") + "/metrics")
-        body = conn.getresponse().read().decode()
-    except (OSError, http.client.HTTPException):
-        return {}
-    finally:
-        conn.close()
-    values = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                values[name] = float(value)
-            except ValueError:
-                pass
-    return values

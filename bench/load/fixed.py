@@ -1,26 +1,23 @@
-"""`cgbench load URL`: drive an OpenAI-compatible completions server, measured client side.
+"""`cgbench load URL`'s fixed-length requests, measured client side.
 
 Like vLLM's benchmark_serving: TTFT = first streamed chunk with text, ITL = gaps between such
 chunks, E2E = whole request; request and output-token throughput over the whole test, under a
-concurrency cap.  Plain `http.client` in threads: nothing beyond the standard library.
+concurrency cap; requests through the shared client (`bench.http_client`), in threads.
 """
 from __future__ import annotations
 
-import http.client
-import json
 import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import numpy as np
 
-from .errors import BenchError
-from .latency import LatencyStats, gaps
+from ..errors import BenchError
+from ..http_client import CompletionClient, check_url
+from ..latency import LatencyStats, gaps
 
-COMPLETIONS_PATH = "/v1/completions"
 WORDS = ("def", "return", "self", "value", "for", "in", "range", "if", "else", "print", "x", "=",
          "(", ")", ":", "import", "class", "list", "dict", "None")
 
@@ -33,6 +30,7 @@ class RequestResult:
     chunk_times_ms: list[float] = field(default_factory=list)
     output_tokens: int = 0
     error: str = ""
+    fired_s: float = math.nan  # sent, from the start of the load test
 
 
 @dataclass
@@ -49,12 +47,12 @@ class LoadConfig:
     ignore_eos: bool = True
 
     def __post_init__(self):
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BenchError(f"URL {self.url!r}: give the server's base URL, e.g. http://127.0.0.1:5000")
+        check_url(self.url)
         for name in ("concurrency", "requests", "prompt_tokens", "max_tokens"):
-            if getattr(self, name) < 1:
-                raise BenchError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+            least = 0 if name == "requests" else 1  # 0: only typists (bench.load.typists)
+            if getattr(self, name) < least:
+                raise BenchError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at "
+                                 f"least {least}")
 
 
 def make_prompt(tokens: int, rng: np.random.Generator) -> str:
@@ -62,88 +60,54 @@ def make_prompt(tokens: int, rng: np.random.Generator) -> str:
     return " ".join(rng.choice(WORDS, size=tokens))
 
 
-def _endpoint(url: str) -> tuple[str, str, int, str]:
-    parts = urlsplit(url)
-    path = parts.path.rstrip("/")
-    if not path.endswith("/completions"):
-        path = path + (COMPLETIONS_PATH if not path.endswith("/v1") else "/completions")
-    return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), path
-
-
 def send_request(cfg: LoadConfig, prompt: str) -> RequestResult:
-    scheme, host, port, path = _endpoint(cfg.url)
     body = {"prompt": prompt, "max_tokens": cfg.max_tokens, "temperature": 0.0, "stream": cfg.stream}
     if cfg.model:
         body["model"] = cfg.model
     if cfg.ignore_eos:
         body["ignore_eos"] = True  # vLLM's extension: every request makes max_tokens tokens
-    conn_cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(host, port, timeout=cfg.timeout_s)
-    start = time.perf_counter()
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            text = resp.read(300).decode("utf-8", "replace").replace("\n", " ")
-            return RequestResult(False, error=f"HTTP {resp.status}: {text}")
-        if cfg.stream:
-            return _read_stream(resp, start)
-        data = json.loads(resp.read())
-        e2e = (time.perf_counter() - start) * 1e3
-        tokens = (data.get("usage") or {}).get("completion_tokens") or cfg.max_tokens
-        return RequestResult(True, ttft_ms=e2e, e2e_ms=e2e, output_tokens=int(tokens))
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        return RequestResult(False, error=f"{type(exc).__name__}: {exc}")
-    finally:
-        conn.close()
+    reply = CompletionClient(cfg.url, timeout_s=cfg.timeout_s).post(body)
+    if not reply.ok:
+        return RequestResult(False, e2e_ms=reply.e2e_ms, error=reply.error)
+    tokens = reply.usage.get("completion_tokens")
+    if not cfg.stream:
+        return RequestResult(True, ttft_ms=reply.e2e_ms, e2e_ms=reply.e2e_ms,
+                             output_tokens=int(tokens or cfg.max_tokens))
+    if not reply.text_times_ms:
+        return RequestResult(False, e2e_ms=reply.e2e_ms, error="stream ended without any text")
+    return RequestResult(True, ttft_ms=reply.text_times_ms[0], e2e_ms=reply.e2e_ms,
+                         chunk_times_ms=reply.text_times_ms,
+                         output_tokens=int(tokens or len(reply.text_times_ms)))
 
 
-def _read_stream(resp, start: float) -> RequestResult:
-    """Server-sent events: `data: {json}` lines, then `data: [DONE]`."""
-    times, usage_tokens = [], None
-    for raw in resp:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]":
-            break
-        event = json.loads(payload)
-        if "error" in event:
-            return RequestResult(False, error=f"stream error: {event['error']}")
-        if any(c.get("text") for c in event.get("choices") or ()):
-            times.append((time.perf_counter() - start) * 1e3)
-        if event.get("usage"):
-            usage_tokens = event["usage"].get("completion_tokens")
-    e2e = (time.perf_counter() - start) * 1e3
-    if not times:
-        return RequestResult(False, e2e_ms=e2e, error="stream ended without any text")
-    return RequestResult(True, ttft_ms=times[0], e2e_ms=e2e, chunk_times_ms=times,
-                         output_tokens=int(usage_tokens or len(times)))
-
-
-def run_load(cfg: LoadConfig, on_done=None) -> dict:
+def run_fixed(cfg: LoadConfig, on_done=None, clock0: float | None = None
+              ) -> tuple[list[RequestResult], float]:
+    """`cfg.requests` prompts under the concurrency cap; the results and the seconds taken."""
     rng = np.random.default_rng(cfg.seed)
     prompts = [make_prompt(cfg.prompt_tokens, rng) for _ in range(cfg.requests)]
     lock = threading.Lock()
     results: list[RequestResult] = []
+    start = time.perf_counter()
+    clock0 = start if clock0 is None else clock0
 
     def one(prompt):
+        fired = time.perf_counter() - clock0
         r = send_request(cfg, prompt)
+        r.fired_s = fired
         with lock:
             results.append(r)
             if on_done:
                 on_done(len(results), cfg.requests)
         return r
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-        list(pool.map(one, prompts))
-    duration = time.perf_counter() - start
-    return summarise(results, duration, cfg)
+    if prompts:
+        with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+            list(pool.map(one, prompts))
+    return results, time.perf_counter() - start
 
 
 def summarise(results: list[RequestResult], duration_s: float, cfg: LoadConfig) -> dict:
+    """The fixed-length requests: counts, throughput and TTFT/TPOT/ITL/E2E statistics."""
     ok = [r for r in results if r.ok]
     tokens = sum(r.output_tokens for r in ok)
     tpot = [(r.e2e_ms - r.ttft_ms) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1 and cfg.stream]
@@ -165,7 +129,7 @@ def summarise(results: list[RequestResult], duration_s: float, cfg: LoadConfig) 
     return out
 
 
-def render_load(summary: dict) -> str:
+def render_fixed(summary: dict) -> str:
     lines = [f"{summary['url']}: {summary['completed']}/{summary['requests']} ok, concurrency "
              f"{summary['concurrency']}, {summary['duration_s']:.2f} s",
              f"request throughput {summary['request_throughput_per_s']:.2f}/s, output "

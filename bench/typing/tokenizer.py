@@ -17,7 +17,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from .errors import BenchError
+from ..errors import BenchError
 
 EOT = "<|endoftext|>"
 DEFAULT_VOCAB = 50257  # GPT-2's, as CodeGen: end of text at 50256

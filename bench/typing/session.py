@@ -15,7 +15,7 @@ import numpy as np
 
 from serve.speculate import LEADING_LINES_PROP, MAX_LINES, window_lines
 
-from .errors import BenchError
+from ..errors import BenchError
 
 PAUSE_AFTER = " .(,=:["  # where a typist may stop inside a line
 

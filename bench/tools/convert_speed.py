@@ -1,4 +1,5 @@
-"""Benchmark `cgconvert from-hf` on the 350M architecture in fp32 (random weights, no download).
+"""`cgbench convert-speed`: `cgconvert from-hf` on the 350M architecture in fp32 (random
+weights, no download).
 
 Builds a Hugging Face-format checkpoint of the real 350M shapes in a temporary directory
 (`pytorch_model.bin` written by torch.save, or `model.safetensors`), then, each in a fresh child
@@ -13,15 +14,15 @@ process so peak RSS is its own:
 The issue's targets: conversion time <= 2x raw read+write, peak RSS <= 2.2x the model's bytes.
 Both run on a warm page cache (the checkpoint was just written).  Usage:
 
-    python bench/convert_speed.py [--repeats 3] [--source bin|safetensors|both] [--out results/convert]
+    cgbench convert-speed [--repeats 3] [--source bin|safetensors|both] [--out results/convert]
+
+Each measurement is `python -m bench.tools.convert_speed MODE SRC DST FMT` (a child process).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -30,10 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from ..errors import BenchError
+from ..memory import peak_rss_bytes
+from ..output import ROOT, write_json
 
 BLOCK = 16 << 20
+SOURCES = ("bin", "safetensors")
 
 
 def build_checkpoint(src: Path, source: str, seed: int = 0) -> int:
@@ -70,9 +73,18 @@ def build_checkpoint(src: Path, source: str, seed: int = 0) -> int:
     return nbytes
 
 
+def _child_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+
+
 def _child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "bench.tools.convert_speed", *args],
+                         capture_output=True, text=True, cwd=ROOT, env=_child_env())
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or [""])[-1]
+        raise BenchError(f"convert-speed: the {args[0]} run failed (exit code {out.returncode}): "
+                         f"{tail}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -100,21 +112,12 @@ def child_main(mode: str, src: str, dst: str, fmt: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak_rss_bytes()}))
 
 
-def peak_rss_bytes() -> int:
-    """This process's own peak RSS (VmHWM).  Not ru_maxrss: after fork+exec that also carries the
-    parent's high-water mark, which here held the whole checkpoint."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _baseline_rss() -> int:
     """Peak RSS of a child that only imports what the converter imports."""
-    code = ("import convert.hf, convert.output, numpy, bench.convert_speed as b; "
-            "print(b.peak_rss_bytes())")
+    code = ("import convert.hf, convert.output, numpy, bench.memory as m; "
+            "print(m.peak_rss_bytes())")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         cwd=ROOT, env=_child_env())
     return int(out.stdout.strip())
 
 
@@ -151,21 +154,13 @@ def run(source: str, repeats: int, work: Path) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--child", nargs=4, metavar=("MODE", "SRC", "DST", "FMT"), help=argparse.SUPPRESS)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--source", choices=("bin", "safetensors", "both"), default="both")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "convert")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="Where to build the checkpoint (needs ~3x 1.4 GB free).")
-    args = parser.parse_args()
-    if args.child:
-        child_main(*args.child)
-        return
-    sources = ("bin", "safetensors") if args.source == "both" else (args.source,)
-    with tempfile.TemporaryDirectory(prefix="cgconvert-bench-", dir=args.workdir) as tmp:
-        results = [run(s, args.repeats, Path(tmp)) for s in sources]
+def run_convert_speed(sources: tuple[str, ...], repeats: int, out: Path,
+                      workdir: Path | None = None, log=print) -> dict:
+    """Every source in `sources` (bin, safetensors); writes OUT/convert_speed.json."""
+    if repeats < 1:
+        raise BenchError(f"--repeats {repeats}: must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="cgconvert-bench-", dir=workdir) as tmp:
+        results = [run(s, repeats, Path(tmp)) for s in sources]
     record = {
         "benchmark": "cgconvert from-hf, 350M architecture, float32, random weights",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -177,18 +172,18 @@ def main() -> None:
         "timing_note": "median of the interleaved runs; time_vs_raw is the issue's measure",
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "convert_speed.json").write_text(json.dumps(record, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "convert_speed.json", record)
     for r in results:
-        print(f"{r['source_file']}: raw read+write {r['raw_read_write_s']:.2f} s (with early "
-              f"writeback {r['raw_writeback_s']:.2f} s); model {r['model_bytes'] / 1e9:.2f} GB")
+        log(f"{r['source_file']}: raw read+write {r['raw_read_write_s']:.2f} s (with early "
+            f"writeback {r['raw_writeback_s']:.2f} s); model {r['model_bytes'] / 1e9:.2f} GB")
         for fmt in ("safetensors", "pdparams"):
             m = r[fmt]
-            print(f"  -> {fmt}: {m['convert_s']:.2f} s ({m['time_vs_raw']:.2f}x raw, "
-                  f"{m['time_vs_raw_writeback']:.2f}x raw-writeback), peak RSS "
-                  f"{m['peak_rss_bytes'] / 1e9:.2f} GB ({m['peak_rss_vs_model']:.2f}x model)")
-    print(f"wrote {args.out / 'convert_speed.json'}")
+            log(f"  -> {fmt}: {m['convert_s']:.2f} s ({m['time_vs_raw']:.2f}x raw, "
+                f"{m['time_vs_raw_writeback']:.2f}x raw-writeback), peak RSS "
+                f"{m['peak_rss_bytes'] / 1e9:.2f} GB ({m['peak_rss_vs_model']:.2f}x model)")
+    return record
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one measurement, in its own process: MODE SRC DST FMT
+    child_main(*sys.argv[1:5])

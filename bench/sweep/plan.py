@@ -9,7 +9,7 @@ from engine.errors import EngineError
 from engine.runtime import DTYPES, check_dtype, parse_device
 from engine.variants import DATA, SIZES, get_variant
 
-from .errors import BenchError
+from ..errors import BenchError
 
 BACKENDS = ("paddle", "paddle-ref", "hf")
 DEFAULTS = {

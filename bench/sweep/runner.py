@@ -17,13 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .errors import BenchError
+from ..errors import BenchError
+from ..output import atomic_write
 from .plan import Point, estimated_cost
-from .schema import COLUMNS, ENV_FILE, POINTS_FILE, atomic_write, point_key, read_points, write_points
+from .schema import COLUMNS, ENV_FILE, POINTS_FILE, point_key, read_points, write_points
 from .worker import identity
 
 DONE_STATUSES = ("ok", "oom")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -71,13 +72,13 @@ def _failure_row(point: Point, status: str, message: str) -> dict:
 
 
 def run_point(point: Point, job_extra: dict, timeout_s: float | None = None) -> dict:
-    """Run one point in a fresh `python -m bench.worker` process and return its row."""
+    """Run one point in a fresh `python -m bench.sweep.worker` process and return its row."""
     with tempfile.TemporaryDirectory(prefix="cgbench-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "row.json"
         job_path.write_text(json.dumps({"point": point.to_dict(), **job_extra}), encoding="utf-8")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-        proc = subprocess.Popen([sys.executable, "-m", "bench.worker", str(job_path), str(out_path)],
+        proc = subprocess.Popen([sys.executable, "-m", "bench.sweep.worker", str(job_path), str(out_path)],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, errors="replace")
         try:
@@ -126,7 +127,7 @@ def run_sweep(points: list[Point], out: Path, resume: bool = False, env: dict | 
     """Run every point not yet done; `points.csv` is rewritten after each point."""
     from engine.runtime import configure_cpu_threads
 
-    from .hardware import describe_environment
+    from ..hardware import describe_environment
 
     configure_cpu_threads()  # the workers inherit the thread/MKL settings; env.json records them
     out = Path(out)
