@@ -68,6 +68,18 @@ def _bars(ax, ok, groups, backends, values: str, errors: str | None, scale: floa
     return width
 
 
+def _separate_prompts(ax, groups: pd.DataFrame) -> None:
+    """A vertical line between groups of different prompt lengths."""
+    prompts = groups["prompt_tokens"].tolist()
+    for x in range(1, len(prompts)):
+        if prompts[x] != prompts[x - 1]:
+            ax.axvline(x - 0.5, color="grey", linewidth=1)
+
+
+def _legend(ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=10, frameon=False)
+
+
 def _save(fig, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=DPI)
@@ -103,7 +115,8 @@ def write_plots(points: pd.DataFrame, env: dict, out_dir: Path) -> list[Path]:
                     linestyles="--", label="bandwidth floor", zorder=3)
     for ax in (ttft, tpot):
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(loc="upper left", fontsize=10)
+        _separate_prompts(ax, groups)
+        _legend(ax)
     tpot.set_xticks(x, labels, fontsize=10)
     fig.tight_layout()
     paths.append(_save(fig, out_dir / "latency.png"))
@@ -118,12 +131,15 @@ def write_plots(points: pd.DataFrame, env: dict, out_dir: Path) -> list[Path]:
               [v - 0.45 for v in x], [v + 0.45 for v in x], colors="black", linestyles="--",
               label="weights alone", zorder=3)
     limit, what = device_memory_mb(points, env)
-    if limit:
+    tallest = float(ok[metric].max()) if ok[metric].notna().any() else 0.0
+    if limit and limit <= 3 * tallest:  # a line far above the bars would flatten them
         ax.axhline(limit / 1024, color="red", linestyle=":", label=f"{what} ({limit / 1024:.0f} GiB)")
+    notes = [common] + ([f"{what} {limit / 1024:.0f} GiB"] if limit and limit > 3 * tallest else [])
     ax.set_ylabel(("GPU peak, device-wide minus idle" if gpu else "host peak RSS") + " (GiB)")
-    ax.set_title(f"peak memory by backend{title}")
+    ax.set_title("peak memory by backend (" + "; ".join(n for n in notes if n) + ")")
     ax.set_xticks(x, labels, fontsize=10)
-    ax.legend(loc="upper left", fontsize=10)
+    _separate_prompts(ax, groups)
+    _legend(ax)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     paths.append(_save(fig, out_dir / "memory.png"))
