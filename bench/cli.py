@@ -362,15 +362,16 @@ def serve_overhead(model, impl, requests, warmup, max_tokens, prompt, fake, out)
 @click.option("--source", default="both", show_default=True,
               type=click.Choice(["bin", "safetensors", "both"]),
               help="Checkpoint format to convert from.")
-@click.option("--out", default=Path("results/convert"), show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Writes OUT/convert_speed.json.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Writes OUT/convert_speed.json (default results/convert-speed-<time>).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Where to build the checkpoint (needs ~3x 1.4 GB free; default: the temp dir).")
 @user_errors
 def convert_speed(repeats, source, out, workdir):
     """cgconvert from-hf on the 350M architecture against a raw read+write of the same bytes."""
-    from .tools.convert_speed import SOURCES, run_convert_speed
+    from .tools.convert_speed import SOURCES, default_out, run_convert_speed
 
     sources = SOURCES if source == "both" else (source,)
+    out = out or default_out()
     run_convert_speed(sources, repeats, out, workdir, log=click.echo)
     click.echo(f"wrote {out / 'convert_speed.json'}", err=True)

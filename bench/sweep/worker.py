@@ -1,4 +1,4 @@
-"""Measure one sweep point in this process: `python -m bench.worker JOB.json RESULT.json`.
+"""Measure one sweep point in this process: `python -m bench.sweep.worker JOB.json RESULT.json`.
 
 The runner starts one worker per point, so each point begins with clean memory and a crash or
 out-of-memory ends only its own point.  The result is one `points.csv` row as JSON.

@@ -154,6 +154,10 @@ def run(source: str, repeats: int, work: Path) -> dict:
     return result
 
 
+def default_out() -> Path:
+    return Path("results") / time.strftime("convert-speed-%Y%m%d-%H%M%S")
+
+
 def run_convert_speed(sources: tuple[str, ...], repeats: int, out: Path,
                       workdir: Path | None = None, log=print) -> dict:
     """Every source in `sources` (bin, safetensors); writes OUT/convert_speed.json."""

@@ -71,7 +71,7 @@ def default_out(file: Path) -> Path:
 @contextlib.contextmanager
 def servers(cfg: TypingConfig):
     """({mode: base URL}, {mode: load s}, {mode: SpeculationGate}); in-process cgserve
-    instances for --model, one per mode.  Gates only with several modes (see typing_replay)."""
+    instances for --model, one per mode.  Gates only with several modes (see bench.typing.replay)."""
     if cfg.url:
         urls = {}
         for mode in cfg.modes:
