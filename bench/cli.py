@@ -230,11 +230,10 @@ def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, t
          as_json):
     """Load-test an OpenAI-compatible server: client-side TTFT, ITL, E2E, throughput; with
     --typists, also typing clients and their p50/p90 each."""
-    import json
-
     from .load.fixed import LoadConfig
     from .load.run import answered_any, default_out, render_load, run_load
     from .load.typists import TypistsConfig
+    from .output import json_text
 
     cfg = LoadConfig(url, concurrency, requests, prompt_tokens, max_tokens, stream, model)
     people = TypistsConfig(typists, tuple(typing_files), tuple(parse_spans(typing_lines, "--typing-lines")),
@@ -243,7 +242,7 @@ def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, t
     summary = run_load(cfg, on_done=lambda n, total: click.echo(f"\r{n}/{total} requests", err=True, nl=False),
                        typists=people, out=out)
     click.echo("", err=True)
-    click.echo(json.dumps(summary, indent=2) if as_json else render_load(summary))
+    click.echo(json_text(summary).rstrip() if as_json else render_load(summary))
     if out is not None:
         click.echo(f"wrote {out}/requests.csv, summary.json, env.json", err=True)
     if not answered_any(summary):

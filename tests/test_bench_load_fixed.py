@@ -1,10 +1,7 @@
-"""cgbench load against a stub OpenAI-compatible server on loopback (http.server)."""
+"""cgbench load's fixed-length requests against a stub OpenAI-compatible server (bench/load/fixed.py)."""
 from __future__ import annotations
 
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
@@ -13,62 +10,13 @@ from bench.cli import main
 from bench.errors import BenchError
 from bench.load.fixed import LoadConfig
 from bench.load.run import run_load
-
-STEP_S = 0.004
-
-
-class StubHandler(BaseHTTPRequestHandler):
-    """/v1/completions: one SSE chunk per token (plus an empty keep-alive chunk), or JSON."""
-
-    protocol_version = "HTTP/1.1"
-    seen: list = []
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append(body)
-        if self.path != "/v1/completions":
-            return self._send(404, b'{"error": {"message": "not found"}}')
-        if body.get("max_tokens", 0) > 100:
-            return self._send(400, b'{"error": {"message": "max_tokens too large"}}')
-        n = body["max_tokens"]
-        if not body.get("stream"):
-            time.sleep(STEP_S * n)
-            data = {"choices": [{"text": "x" * n, "index": 0}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": n}}
-            return self._send(200, json.dumps(data).encode())
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(b'data: {"choices": [{"text": "", "index": 0}]}\n\n')  # no text: not a token
-        for i in range(n):
-            time.sleep(STEP_S)
-            chunk = {"choices": [{"text": f"t{i}", "index": 0}]}
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
-        self.close_connection = True
-
-    def _send(self, status, payload):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+from stub_server import STEP_S, StubHandler, stub_server
 
 
 @pytest.fixture(scope="module")
 def stub_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StubHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with stub_server() as url:
+        yield url
 
 
 def test_streaming_load_measures_ttft_itl_and_throughput(stub_url):
