@@ -73,12 +73,28 @@ FORMATS = click.Choice(["text", "markdown", "csv", "json"])
               help="Also write RUN/report.md.")
 @user_errors
 def report(run_dir, fmt, plots, write_md):
-    """Print RUN's table; write RUN/report.md and PNG plots."""
+    """Print RUN's table; write RUN/report.md and PNG plots.
+
+    RUN is a sweep (points.csv: one row per point) or a typing replay (requests.csv: one row
+    per mode, from its requests)."""
     from .analysis.frames import load_run
     from .analysis.plots import write_plots
     from .analysis.report import render_report
     from .output import atomic_write
+    from .sweep.schema import POINTS_FILE
+    from .typing import report as typing_report
 
+    if not (run_dir / POINTS_FILE).is_file() and (run_dir / typing_report.REQUESTS_FILE).is_file():
+        frame = typing_report.read_requests(run_dir)
+        click.echo(typing_report.render_report(frame, fmt, run_dir.name).rstrip("\n"))
+        if write_md:
+            atomic_write(run_dir / "report.md",
+                         typing_report.render_report(frame, "markdown", run_dir.name))
+        if plots:
+            modes = list(dict.fromkeys(frame["mode"]))
+            click.echo(f"wrote {typing_report.write_plot(run_dir / 'latency.png', frame, modes)}",
+                       err=True)
+        return
     points, env = load_run(run_dir)
     click.echo(render_report(points, env, fmt, run_dir.name).rstrip("\n"))
     if write_md:

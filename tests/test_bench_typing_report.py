@@ -61,3 +61,21 @@ def test_a_foreign_requests_csv_is_refused(tmp_path):
         read_requests(tmp_path)
     with pytest.raises(BenchError, match="not found"):
         read_requests(tmp_path / "nothing")
+
+
+def test_cgbench_report_of_a_typing_run_is_its_per_mode_summary(tmp_path):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    (tmp_path / "requests.csv").write_text(requests_csv(outcomes_frame(OUTCOMES)))
+    runner = CliRunner()
+    text = runner.invoke(main, ["report", str(tmp_path), "--no-plots"])
+    assert text.exit_code == 0, text.output
+    reuse = next(line for line in text.output.splitlines() if line.strip().startswith("reuse"))
+    assert reuse.split()[:7] == ["reuse", "4", "3", "1", "0", "2", "300"]
+    assert "p50 reuse / no-reuse = 0.200" in text.output
+    assert (tmp_path / "report.md").read_text().startswith(f"# cgbench typing run {tmp_path.name}")
+    csv_text = runner.invoke(main, ["report", str(tmp_path), "--format", "csv", "--no-plots",
+                                    "--no-write"]).output
+    assert csv_text.splitlines()[0].startswith("mode,requests,answered")

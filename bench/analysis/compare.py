@@ -23,15 +23,20 @@ def _label(frame: pd.DataFrame) -> pd.Series:
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple], list[tuple]]:
     """Long table (point, metric, a, b, b_over_a) and the keys only A or only B has."""
-    a = ok_points(a).drop_duplicates(list(MATCH), keep="last")
-    b = ok_points(b).drop_duplicates(list(MATCH), keep="last")
     keys = list(MATCH)
-    for frame in (a, b):  # match as text, as the CSV cells read
-        frame[keys] = frame[keys].astype(str)
+
+    def keyed(frame):  # one row per point, matched as text, as the CSV cells read
+        frame = ok_points(frame).drop_duplicates(keys, keep="last")
+        return frame.assign(**{k: frame[k].astype(str) for k in keys})
+
+    a, b = keyed(a), keyed(b)
     both = a.merge(b, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True, sort=False)
     only = {side: [tuple(r) for r in both.loc[both["_merge"] == side, keys].itertuples(index=False)]
             for side in ("left_only", "right_only")}
     shared = both[both["_merge"] == "both"]
+    if shared.empty:
+        return pd.DataFrame(columns=["point", "metric", "a", "b", "b_over_a"]), \
+            only["left_only"], only["right_only"]
     metrics = [m for m in a.columns if m in METRICS]  # in the file's column order
     long = pd.DataFrame({"point": _label(shared).repeat(len(metrics)).to_numpy(),
                          "metric": metrics * len(shared),

@@ -19,10 +19,9 @@ def points_frame(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
         frame = rows.reindex(columns=COLUMNS)
     else:
         frame = pd.DataFrame.from_records(list(rows), columns=COLUMNS)
-    for column in COLUMNS:
-        if column in NUMERIC:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    return frame
+    numeric = [c for c in COLUMNS if c in NUMERIC]
+    converted = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    return pd.concat([frame.drop(columns=numeric), converted], axis=1)[COLUMNS]
 
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:

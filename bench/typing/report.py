@@ -112,6 +112,38 @@ def render_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+MODE_TABLE = [("mode", "mode", None), ("requests", "requests", None),
+              ("answered", "answered", None), ("superseded", "superseded", None),
+              ("failed", "failed", None), ("shown_in_time", "shown in time", None),
+              ("p50_ms", "p50 ms", 0), ("p90_ms", "p90 ms", 0), ("p99_ms", "p99 ms", 0),
+              ("reused_tokens", "reused tokens", None), ("prompt_tokens", "prompt tokens", None)]
+
+
+def modes_frame(summary: dict) -> pd.DataFrame:
+    """One row per mode of a summary: counts, latency percentiles, tokens."""
+    return pd.DataFrame([{"mode": mode, **{k: v for k, v in s.items() if not isinstance(v, dict)},
+                          **{f"{q}_ms": s["latency_ms"][q] for q in ("p50", "p90", "p99")}}
+                         for mode, s in summary["modes"].items()])
+
+
+def render_report(frame: pd.DataFrame, fmt: str, run_name: str = "") -> str:
+    """`cgbench report` of a typing run: the per-mode summary of its requests.csv."""
+    from ..analysis.tables import format_columns, render_table
+    from ..output import json_text
+
+    modes = list(dict.fromkeys(frame["mode"]))
+    summary = summarise(frame, modes)
+    if fmt == "json":
+        return json_text({"run": run_name, **summary})
+    if fmt == "csv":
+        return modes_frame(summary)[[c for c, _, _ in MODE_TABLE]].to_csv(index=False)
+    table = render_table(format_columns(modes_frame(summary), MODE_TABLE), fmt)
+    goal = render_summary(summary).splitlines()[len(modes) + 1:]
+    if fmt == "markdown":
+        return "\n".join([f"# cgbench typing run {run_name}", "", table, "", *goal]) + "\n"
+    return "\n".join([table, *goal]) + "\n"
+
+
 def requests_csv(frame: pd.DataFrame) -> str:
     return frame[CSV_FIELDS].round({"latency_ms": 1, "fired_s": 3}).to_csv(index=False)
 
