@@ -77,7 +77,10 @@ def requests_frame(results: list[RequestResult], typed: pd.DataFrame) -> pd.Data
         "error": [r.error for r in results]})
     frame = pd.concat([f for f in (fixed, typed) if len(f)], ignore_index=True) \
         if len(fixed) or len(typed) else pd.DataFrame(columns=CSV_FIELDS)
-    return frame.reindex(columns=CSV_FIELDS).sort_values("fired_s", kind="stable")
+    frame = frame.reindex(columns=CSV_FIELDS).sort_values("fired_s", kind="stable")
+    counts = ["status", "line", "offset", "prompt_chars", "prompt_tokens", "cached_tokens",
+              "completion_tokens"]  # whole numbers, empty where a fixed request has none
+    return frame.astype({c: "Int64" for c in counts})
 
 
 def write_run(out: Path, frame: pd.DataFrame, summary: dict, cfg: LoadConfig,
@@ -96,7 +99,7 @@ def write_run(out: Path, frame: pd.DataFrame, summary: dict, cfg: LoadConfig,
                pause_ms=list(typists.pause_ms), pause_prob=typists.pause_prob,
                typing_max_tokens=typists.max_tokens, seed=typists.seed, git_commit=git_commit())
     paths = [out / "requests.csv", out / "summary.json", out / "env.json"]
-    atomic_write(paths[0], frame.round({"fired_s": 3, "latency_ms": 1, "ttft_ms": 1})
+    atomic_write(paths[0], frame.round({"fired_s": 3, "latency_ms": 1, "ttft_ms": 1, "pause_ms": 1})
                  .to_csv(index=False))
     write_json(paths[1], summary)
     write_json(paths[2], env)
