@@ -9,7 +9,20 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .errors import BenchError
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_dir(path: Path, option: str = "--out") -> Path:
+    """Create an output directory (and its parents), or say in one line why it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"{option} {path}: cannot create ({exc.strerror}); choose another "
+                         f"{option}") from None
+    return path
 
 
 def atomic_write(path: Path, text: str) -> None:

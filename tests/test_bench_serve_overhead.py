@@ -45,3 +45,11 @@ def test_bad_options_are_one_line():
     assert result.exit_code == 1 and "--requests" in result.output
     result = CliRunner().invoke(main, ["convert-speed", "--repeats", "0"])
     assert result.exit_code == 1 and "--repeats 0" in result.output
+
+
+def test_an_output_directory_that_cannot_be_made_fails_before_the_run(tmp_path):
+    (tmp_path / "file").write_text("")
+    for command in (["serve-overhead"], ["load", "http://127.0.0.1:9"]):
+        result = CliRunner().invoke(main, [*command, "--out", str(tmp_path / "file" / "x")])
+        assert result.exit_code == 1 and "--out" in result.output and "cannot create" in result.output
+        assert len(result.output.strip().splitlines()) == 1

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BenchError
-from ..output import atomic_write, git_commit, write_json
+from ..output import atomic_write, git_commit, make_dir, write_json
 from ..typing.report import outcomes_frame
 from .fixed import LoadConfig, RequestResult, render_fixed, run_fixed, summarise
 from .typists import GOAL_P50_MS, TypistsConfig, render_typists, run_typist, summarise_typists
@@ -37,6 +37,8 @@ def run_load(cfg: LoadConfig, on_done=None, typists: TypistsConfig | None = None
     people = typists.typists()
     if cfg.requests == 0 and not people:
         raise BenchError("--requests 0: nothing to send; give --requests N or --typists N")
+    if out is not None:
+        make_dir(Path(out))  # before the test: a bad --out fails at once
     clock0 = time.perf_counter()
     outcomes, failures = {}, []
 
@@ -87,10 +89,6 @@ def write_run(out: Path, frame: pd.DataFrame, summary: dict, cfg: LoadConfig,
               typists: TypistsConfig) -> list[Path]:
     from ..hardware import describe_environment
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BenchError(f"--out {out}: cannot create ({exc.strerror})") from None
     env = describe_environment(measure_bandwidth=False)
     env.update(url=cfg.url, concurrency=cfg.concurrency, requests=cfg.requests,
                prompt_tokens=cfg.prompt_tokens, max_tokens=cfg.max_tokens, stream=cfg.stream,

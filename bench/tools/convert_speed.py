@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..errors import BenchError
 from ..memory import peak_rss_bytes
-from ..output import ROOT, write_json
+from ..output import ROOT, make_dir, write_json
 
 BLOCK = 16 << 20
 SOURCES = ("bin", "safetensors")
@@ -163,6 +163,7 @@ def run_convert_speed(sources: tuple[str, ...], repeats: int, out: Path,
     """Every source in `sources` (bin, safetensors); writes OUT/convert_speed.json."""
     if repeats < 1:
         raise BenchError(f"--repeats {repeats}: must be at least 1")
+    make_dir(out)
     with tempfile.TemporaryDirectory(prefix="cgconvert-bench-", dir=workdir) as tmp:
         results = [run(s, repeats, Path(tmp)) for s in sources]
     record = {
@@ -176,7 +177,6 @@ def run_convert_speed(sources: tuple[str, ...], repeats: int, out: Path,
         "timing_note": "median of the interleaved runs; time_vs_raw is the issue's measure",
         "results": results,
     }
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "convert_speed.json", record)
     for r in results:
         log(f"{r['source_file']}: raw read+write {r['raw_read_write_s']:.2f} s (with early "

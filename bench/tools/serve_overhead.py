@@ -25,7 +25,7 @@ import pandas as pd
 from ..errors import BenchError
 from ..http_client import FAUXPILOT_PATH, CompletionClient
 from ..latency import LatencyStats
-from ..output import atomic_write, git_commit, write_json
+from ..output import atomic_write, git_commit, make_dir, write_json
 
 BUDGET_MS = 5.0  # the limit for server overhead per request
 PROMPT = "import os\nimport sys\n\n\ndef read_config(path):\n    \"\"\"Read a config file.\"\"\"\n"
@@ -172,6 +172,7 @@ def run_overhead(cfg: OverheadConfig, log=print) -> tuple[dict, Path]:
 
     from ..hardware import describe_environment
 
+    out = make_dir(cfg.out or default_out())  # before the run: a bad --out fails at once
     import_paddle()  # on the main thread, before the worker thread uses the model
     env = describe_environment(measure_bandwidth=False)
     env["git_commit"] = git_commit("serve", "engine")
@@ -182,8 +183,6 @@ def run_overhead(cfg: OverheadConfig, log=print) -> tuple[dict, Path]:
     if cfg.fake:
         rows += measure("fake", FakeGenerator(context_length=4096), cfg, log)
     summary = summarise(rows)
-    out = cfg.out or default_out()
-    out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows, columns=FIELDS)
     atomic_write(out / "requests.csv", frame.round(4).to_csv(index=False))
     meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),

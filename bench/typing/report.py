@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..errors import BenchError
 from ..latency import LatencyStats
-from ..output import atomic_write, write_json
+from ..output import atomic_write, make_dir, write_json
 from .replay import Outcome
 
 GOAL_RATIO = 0.2  # issue 7: p50 with reuse <= 0.2 x without
@@ -149,7 +149,7 @@ def requests_csv(frame: pd.DataFrame) -> str:
 
 
 def write_results(out_dir: Path, outcomes: list[Outcome], summary: dict, env: dict) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     frame = outcomes_frame(outcomes)
     paths = [out_dir / REQUESTS_FILE, out_dir / "summary.json", out_dir / "env.json"]
     atomic_write(paths[0], requests_csv(frame))
