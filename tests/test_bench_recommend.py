@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.recommend import CUDA_CONTEXT_MB, estimate_need_mb, parse_memory, recommend
-from bench.schema import SCHEMA_VERSION, write_points
+from bench.analysis.recommend import CUDA_CONTEXT_MB, estimate_need_mb, parse_memory, recommend
+from bench.sweep.schema import SCHEMA_VERSION, write_points
 from engine.variants import ARCHITECTURES
 
 MiB = 2**20
