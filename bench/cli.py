@@ -5,8 +5,12 @@ from pathlib import Path
 
 import click
 
-from engine.cli_common import user_errors, version_option
-from serve.speculate import LINES_AHEAD
+from engine.cli_common import (device_option, dtype_option, speculate_options,
+                               tensor_parallel_option, tokenizer_option,
+                               user_errors, version_option)
+from serve.speculate import LINES_AHEAD, MAX_LINES_AHEAD
+
+from .errors import BenchError
 
 
 @click.group(help="Measure latency and memory of CodeGen variants on this machine.")
@@ -28,8 +32,8 @@ def default_run_dir() -> Path:
 @click.option("--data", "data", help="Data sets to combine with --sizes: nl, multi, mono.")
 @click.option("--weights", default="random", show_default=True,
               help="`random` or a directory holding codegen-<size>-<data> model directories.")
-@click.option("--dtype", default="float32", show_default=True, help="Comma-separated dtypes.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or gpu:N.")
+@dtype_option(several=True)
+@device_option()
 @click.option("--prompt-tokens", default="128", show_default=True, help="Prompt lengths, comma-separated.")
 @click.option("--new-tokens", default="16", show_default=True, help="New tokens per request, comma-separated.")
 @click.option("--batch", default="1", show_default=True, help="Rows decoded together, comma-separated.")
@@ -37,9 +41,7 @@ def default_run_dir() -> Path:
 @click.option("--warmup", default=1, show_default=True, type=int, help="Warm-up runs per point.")
 @click.option("--backend", default="paddle", show_default=True, help="paddle (the engine), paddle-ref (the engine over PaddleNLP's model), hf (transformers); comma-separated.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--tensor-parallel", "tensor_parallel", default="1", show_default=True,
-              help="Processes (GPUs from --device on) to split the model over, comma-separated "
-                   "for a sweep, e.g. 1,2 (paddle backend; 1, 2 or 4).")
+@tensor_parallel_option(several=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default results/run-<time>).")
 @click.option("--resume", is_flag=True, help="Finish the run in --out: skip points already done.")
 @click.option("--timeout", "timeout_s", type=float, help="Give up on a point after this many seconds.")
@@ -47,9 +49,8 @@ def default_run_dir() -> Path:
 def run(variants, sizes, data, weights, dtype, device, prompt_tokens, new_tokens, batch, repeats,
         warmup, backend, seed, tensor_parallel, out, resume, timeout_s):
     """Sweep variants x shapes; each point in its own process; results in RUN/points.csv."""
-    from .errors import BenchError
-    from .plan import build_plan
-    from .runner import run_sweep
+    from .sweep.plan import build_plan
+    from .sweep.runner import run_sweep
 
     if resume and out is None:
         raise BenchError("--resume needs --out RUN (the run directory to finish)")
@@ -64,7 +65,7 @@ def run(variants, sizes, data, weights, dtype, device, prompt_tokens, new_tokens
                f"(`cgbench report {out}`)", err=True)
 
 
-FORMATS = click.Choice(["text", "markdown", "json"])
+FORMATS = click.Choice(["text", "markdown", "csv", "json"])
 
 
 @main.command()
@@ -76,16 +77,63 @@ FORMATS = click.Choice(["text", "markdown", "json"])
               help="Also write RUN/report.md.")
 @user_errors
 def report(run_dir, fmt, plots, write_md):
-    """Print RUN's table; write RUN/report.md and PNG plots."""
-    from .report import load_run, render_report, write_plots
-    from .schema import atomic_write
+    """Print RUN's table; write RUN/report.md and PNG plots.
 
-    rows, env = load_run(run_dir)
-    click.echo(render_report(rows, env, fmt, run_dir.name).rstrip("\n"))
+    RUN is a sweep (points.csv: one row per point) or a typing replay (requests.csv: one row
+    per mode, from its requests)."""
+    from .analysis.frames import load_run
+    from .analysis.plots import write_plots
+    from .analysis.report import render_report
+    from .output import atomic_write
+    from .sweep.schema import POINTS_FILE
+    from .typing import report as typing_report
+
+    if not (run_dir / POINTS_FILE).is_file() and (run_dir / typing_report.REQUESTS_FILE).is_file():
+        frame = typing_report.read_requests(run_dir)
+        click.echo(typing_report.render_report(frame, fmt, run_dir.name).rstrip("\n"))
+        if write_md:
+            atomic_write(run_dir / "report.md",
+                         typing_report.render_report(frame, "markdown", run_dir.name))
+        if plots:
+            modes = list(dict.fromkeys(frame["mode"]))
+            click.echo(f"wrote {typing_report.write_plot(run_dir / 'latency.png', frame, modes)}",
+                       err=True)
+        return
+    points, env = load_run(run_dir)
+    click.echo(render_report(points, env, fmt, run_dir.name).rstrip("\n"))
     if write_md:
-        atomic_write(run_dir / "report.md", render_report(rows, env, "markdown", run_dir.name))
+        atomic_write(run_dir / "report.md", render_report(points, env, "markdown", run_dir.name))
     if plots:
-        for path in write_plots(rows, env, run_dir):
+        for path in write_plots(points, env, run_dir):
+            click.echo(f"wrote {path}", err=True)
+
+
+@main.command()
+@click.argument("run_dirs", metavar="RUN...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@user_errors
+def plot(run_dirs):
+    """Redraw the plots of each RUN from its committed data.
+
+    A sweep (points.csv): latency.png and memory.png; a typing replay (requests.csv):
+    latency.png.
+    """
+    from .analysis.frames import load_run
+    from .analysis.plots import write_plots
+    from .sweep.schema import POINTS_FILE
+    from .typing.report import REQUESTS_FILE, read_requests, write_plot
+
+    for run_dir in run_dirs:
+        if (run_dir / POINTS_FILE).is_file():
+            points, env = load_run(run_dir)
+            paths = write_plots(points, env, run_dir)
+        elif (run_dir / REQUESTS_FILE).is_file():
+            frame = read_requests(run_dir)
+            paths = [write_plot(run_dir / "latency.png", frame, list(dict.fromkeys(frame["mode"])))]
+        else:
+            raise BenchError(f"{run_dir}: neither {POINTS_FILE} nor {REQUESTS_FILE}; give a "
+                             "directory written by `cgbench run` or `cgbench typing`")
+        for path in paths:
             click.echo(f"wrote {path}", err=True)
 
 
@@ -97,12 +145,11 @@ def report(run_dir, fmt, plots, write_md):
 @user_errors
 def compare(run_a, run_b, fmt, metrics):
     """B / A for every metric of the points both runs measured."""
-    from .compare import compare_runs, render_comparison
-    from .errors import BenchError
-    from .plan import split_list
+    from .analysis.compare import compare_runs, render_comparison
+    from .sweep.plan import split_list
 
     items, only_a, only_b = compare_runs(run_a, run_b)
-    if not items:
+    if items.empty:
         raise BenchError(f"{run_a} and {run_b} share no successful point (same variant, backend, "
                          "dtype, prompt, new tokens, batch); nothing to compare")
     click.echo(render_comparison(items, fmt, tuple(split_list(metrics)) or None))
@@ -122,7 +169,7 @@ def compare(run_a, run_b, fmt, metrics):
 @click.option("--batch", default=1, show_default=True, type=int)
 @click.option("--data", "data", default="mono", show_default=True, help="nl, multi or mono.")
 @click.option("--gpu", "gpu_name", help="Target GPU (e.g. P40) when the run is from another device.")
-@click.option("--dtype", default="float32,float16", show_default=True)
+@dtype_option(several=True, default="float32,float16")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @user_errors
 def recommend(run_dir, memory, gpus, max_ttft_ms, max_tpot_ms, prompt_tokens, batch, data,
@@ -130,10 +177,10 @@ def recommend(run_dir, memory, gpus, max_ttft_ms, max_tpot_ms, prompt_tokens, ba
     """The most capable variant that fits the GPUs and latency limits, and why others don't."""
     import json
 
-    from .errors import BenchError
-    from .plan import split_list
-    from .recommend import parse_memory, recommend as pick, recommendation_dict, render_recommendation
-    from .report import load_run
+    from .analysis.frames import load_run
+    from .analysis.recommend import (parse_memory, recommend as pick, recommendation_dict,
+                                     render_recommendation)
+    from .sweep.plan import split_list
 
     rows, env = load_run(run_dir)
     dtypes = tuple(split_list(dtype))
@@ -150,27 +197,75 @@ def recommend(run_dir, memory, gpus, max_ttft_ms, max_tpot_ms, prompt_tokens, ba
         raise SystemExit(1)
 
 
+def parse_spans(text: str | None, option: str) -> list[tuple[int, int]]:
+    """`A-B[,C-D...]` (1-based line ranges) -> [(A, B), ...]."""
+    try:
+        spans = [tuple(int(x) for x in part.split("-")) for part in text.split(",")] if text else []
+        if any(len(span) != 2 for span in spans):
+            raise ValueError
+    except ValueError:
+        raise BenchError(f"{option} {text!r}: give FIRST-LAST[,FIRST-LAST...], e.g. 400-409") \
+            from None
+    return spans
+
+
+def parse_pause_ms(text: str, option: str = "--pause-ms") -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise BenchError(f"{option} {text!r}: give MIN,MAX in ms, e.g. 300,1500") from None
+    return lo, hi
+
+
 @main.command()
 @click.argument("url")
 @click.option("--concurrency", default=1, show_default=True, type=int)
-@click.option("--requests", default=8, show_default=True, type=int)
+@click.option("--requests", default=8, show_default=True, type=int,
+              help="Fixed-length requests (0: only typists).")
 @click.option("--prompt-tokens", default=128, show_default=True, type=int)
 @click.option("--max-tokens", default=16, show_default=True, type=int)
 @click.option("--stream/--no-stream", default=True, show_default=True)
 @click.option("--model", default="", help="`model` field of each request.")
+@click.option("--typists", default=0, show_default=True, type=int,
+              help="Clients that type at the same time as the fixed requests run (as `cgbench "
+                   "typing --url`), each with its own file/lines and bearer token.")
+@click.option("--typing-file", "typing_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File the typists type; repeat it to give typist k the k-th file (in turn).")
+@click.option("--typing-lines", help="FIRST-LAST per typist, comma-separated, in turn "
+              "(e.g. 400-409,800-809: typist 1 types 400-409, typist 2 800-809).")
+@click.option("--cps", default=8.0, show_default=True, type=float, help="Typists' characters per second.")
+@click.option("--pause-ms", default="300,1500", show_default=True, help="Typists' pauses: MIN,MAX.")
+@click.option("--pause-prob", default=0.15, show_default=True, type=float)
+@click.option("--typing-max-tokens", default=12, show_default=True, type=int,
+              help="max_tokens of the typists' requests.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Typist k's pause plan uses SEED+k.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write requests.csv, summary.json, env.json here (default with --typists: "
+                   "results/load-<time>).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, as_json):
-    """Load-test an OpenAI-compatible server: client-side TTFT, ITL, E2E, throughput."""
-    import json
-
-    from .load import LoadConfig, render_load, run_load
+def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, typists,
+         typing_files, typing_lines, cps, pause_ms, pause_prob, typing_max_tokens, seed, out,
+         as_json):
+    """Load-test an OpenAI-compatible server: client-side TTFT, ITL, E2E, throughput; with
+    --typists, also typing clients and their p50/p90 each."""
+    from .load.fixed import LoadConfig
+    from .load.run import answered_any, default_out, render_load, run_load
+    from .load.typists import TypistsConfig
+    from .output import json_text
 
     cfg = LoadConfig(url, concurrency, requests, prompt_tokens, max_tokens, stream, model)
-    summary = run_load(cfg, on_done=lambda n, total: click.echo(f"\r{n}/{total} requests", err=True, nl=False))
+    people = TypistsConfig(typists, tuple(typing_files), tuple(parse_spans(typing_lines, "--typing-lines")),
+                           cps, parse_pause_ms(pause_ms), pause_prob, typing_max_tokens, seed=seed)
+    out = out or (default_out() if typists else None)
+    summary = run_load(cfg, on_done=lambda n, total: click.echo(f"\r{n}/{total} requests", err=True, nl=False),
+                       typists=people, out=out)
     click.echo("", err=True)
-    click.echo(json.dumps(summary, indent=2) if as_json else render_load(summary))
-    if summary["completed"] == 0:
+    click.echo(json_text(summary).rstrip() if as_json else render_load(summary))
+    if out is not None:
+        click.echo(f"wrote {out}/requests.csv, summary.json, env.json", err=True)
+    if not answered_any(summary):
         raise SystemExit(1)
 
 
@@ -193,34 +288,19 @@ def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, a
               help="The extension's fauxpilot.maxLines: prompt window in lines.")
 @click.option("--lines", help="FIRST-LAST (1-based) lines to type; the lines above are already there. "
               "Several ranges, comma-separated (A-B,C-D), are typed one after the other.")
-@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path),
-              help="With --model random:<variant>: BPE tokenizer directory to pair with the random "
-                   "weights (`cgbench train-tokenizer`) instead of one token per byte.")
-@click.option("--speculate/--no-speculate", default=True, show_default=True,
-              help="With --model: the reuse server warms the next line's prompt start while "
-                   "idle (cgserve --speculate).")
-@click.option("--speculate-lines", default=LINES_AHEAD, show_default=True, type=int,
-              help="With --model: how many coming lines the reuse server warms "
-                   "(cgserve --speculate-lines).")
+@tokenizer_option(when="--model random:<variant>")
+@speculate_options(LINES_AHEAD, MAX_LINES_AHEAD, when="With --model, on the reuse server")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(path_type=Path), help="Directory (default results/typing-<file>-<time>).")
 @user_errors
 def typing(file, url, baseline_url, model, mode, cps, pause_ms, pause_prob, max_tokens,
            max_lines, lines, tokenizer, speculate, speculate_lines, seed, out):
     """Replay typing FILE; a Fauxpilot-shaped request at every pause; latency as users feel it."""
-    from .errors import BenchError
-    from .typing_run import TypingConfig, run_typing
+    from .typing.run import TypingConfig, run_typing
 
     modes = {"compare": ("reuse", "no-reuse"), "no-reuse": ("no-reuse",)}.get(mode, ("reuse",))
-    try:
-        lo, hi = (float(x) for x in pause_ms.split(","))
-        spans = [tuple(int(x) for x in part.split("-")) for part in lines.split(",")] \
-            if lines else []
-        if any(len(span) != 2 for span in spans):
-            raise ValueError
-    except ValueError:
-        raise BenchError("--pause-ms is MIN,MAX in ms; --lines is FIRST-LAST[,FIRST-LAST...]") \
-            from None
+    lo, hi = parse_pause_ms(pause_ms)
+    spans = parse_spans(lines, "--lines")
     cfg = TypingConfig(file=file, modes=modes, url=url, baseline_url=baseline_url, model=model,
                        cps=cps, pause_ms=(lo, hi), pause_prob=pause_prob, max_tokens=max_tokens,
                        max_lines=max_lines, lines=spans[0] if spans else None,
@@ -250,7 +330,7 @@ def train_tokenizer(out, corpus, vocab_size, measure):
     import json
     import time
 
-    from .tokenizer_train import bytes_per_token, default_out, train_tokenizer as train
+    from .typing.tokenizer import bytes_per_token, default_out, train_tokenizer as train
 
     out = out or default_out(vocab_size)
     t0 = time.perf_counter()
@@ -263,3 +343,47 @@ def train_tokenizer(out, corpus, vocab_size, measure):
         click.echo(json.dumps({"file": str(measure), "bytes": n_bytes, "tokens": n_tokens,
                                "bytes_per_token": round(n_bytes / n_tokens, 3)}), err=True)
     click.echo(str(out))
+
+
+@main.command("serve-overhead")
+@click.option("--model", default="random:tiny", show_default=True,
+              help="Model directory or random:<variant>.")
+@click.option("--impl", default="fast", show_default=True, type=click.Choice(["fast", "reference"]),
+              help="Engine forward (cgserve's default: fast).")
+@click.option("--requests", default=200, show_default=True, type=int, help="Measured requests per mode.")
+@click.option("--warmup", default=10, show_default=True, type=int)
+@click.option("--max-tokens", default=16, show_default=True, type=int)
+@click.option("--prompt", help="Prompt text (default: a 76-character Python snippet).")
+@click.option("--fake/--no-fake", default=True, show_default=True,
+              help="Also measure the no-model engine (its time is almost all overhead).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory (default results/serve-overhead-<time>).")
+@user_errors
+def serve_overhead(model, impl, requests, warmup, max_tokens, prompt, fake, out):
+    """Time cgserve adds to each request on top of the engine's own clocks."""
+    from .tools.serve_overhead import PROMPT, OverheadConfig, render, run_overhead
+
+    cfg = OverheadConfig(model, impl, requests, warmup, max_tokens, prompt or PROMPT, fake, out)
+    summary, out = run_overhead(cfg, log=lambda line: click.echo(line, err=True))
+    click.echo(render(summary))
+    click.echo(f"wrote {out}/requests.csv, summary.json, env.json", err=True)
+
+
+@main.command("convert-speed")
+@click.option("--repeats", default=3, show_default=True, type=int)
+@click.option("--source", default="both", show_default=True,
+              type=click.Choice(["bin", "safetensors", "both"]),
+              help="Checkpoint format to convert from.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Writes OUT/convert_speed.json (default results/convert-speed-<time>).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to build the checkpoint (needs ~3x 1.4 GB free; default: the temp dir).")
+@user_errors
+def convert_speed(repeats, source, out, workdir):
+    """cgconvert from-hf on the 350M architecture against a raw read+write of the same bytes."""
+    from .tools.convert_speed import SOURCES, default_out, run_convert_speed
+
+    sources = SOURCES if source == "both" else (source,)
+    out = out or default_out()
+    run_convert_speed(sources, repeats, out, workdir, log=click.echo)
+    click.echo(f"wrote {out / 'convert_speed.json'}", err=True)

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from .cli_common import user_errors, version_option
+from .cli_common import (device_option, dtype_option, tensor_parallel_option, user_errors,
+                         version_option)
 
 
 @click.command()
@@ -18,11 +19,9 @@ from .cli_common import user_errors, version_option
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--seed", type=int, default=None)
-@click.option("--dtype", default="float32", show_default=True)
-@click.option("--device", default="cpu", show_default=True,
-              help="cpu or gpu:N; with --tensor-parallel: gpu (GPUs 0..N-1) or gpu:0,1")
-@click.option("--tensor-parallel", default=1, show_default=True, type=int,
-              help="Split the model over N processes/GPUs (1, 2 or 4).")
+@dtype_option()
+@device_option()
+@tensor_parallel_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @version_option("engine")
 @user_errors

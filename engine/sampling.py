@@ -8,7 +8,12 @@ import numpy as np
 
 from .errors import OptionError
 
+# The request limits: the engine checks them, and serve.protocol (so /openapi.json) reads them.
 MAX_STOP_STRINGS = 4
+MAX_N = 16  # completions of one prompt
+MAX_LOGPROBS = 5  # alternatives reported per token
+MAX_PENALTY = 2  # presence and frequency penalties lie in [-MAX_PENALTY, MAX_PENALTY]
+MAX_SEED = 2**63 - 1  # a seed fits a signed 64-bit integer (JSON clients' limit)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -47,17 +52,19 @@ class SamplingParams:
                f"top_p must be in (0, 1], got {self.top_p!r}")
         _check(isinstance(self.top_k, int) and self.top_k >= 0,
                f"top_k must be an integer >= 0, got {self.top_k!r}")
-        _check(isinstance(self.n, int) and 1 <= self.n <= 16, f"n must be 1 to 16, got {self.n!r}")
-        _check(self.seed is None or (isinstance(self.seed, int) and self.seed >= 0),
-               f"seed must be a non-negative integer, got {self.seed!r}")
+        _check(isinstance(self.n, int) and 1 <= self.n <= MAX_N,
+               f"n must be 1 to {MAX_N}, got {self.n!r}")
+        _check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
+               f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
         _check(len(self.stop) <= MAX_STOP_STRINGS and all(isinstance(s, str) and s for s in self.stop),
                f"stop must be up to {MAX_STOP_STRINGS} non-empty strings, got {self.stop!r}")
-        _check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 5),
-               f"logprobs must be null or 0 to 5, got {self.logprobs!r}")
+        _check(self.logprobs is None
+               or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS),
+               f"logprobs must be null or 0 to {MAX_LOGPROBS}, got {self.logprobs!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
-            _check(isinstance(value, (int, float)) and -2 <= value <= 2,
-                   f"{name} must be between -2 and 2, got {value!r}")
+            _check(isinstance(value, (int, float)) and -MAX_PENALTY <= value <= MAX_PENALTY,
+                   f"{name} must be between {-MAX_PENALTY} and {MAX_PENALTY}, got {value!r}")
 
     @property
     def greedy(self) -> bool:

@@ -5,9 +5,11 @@ import logging
 
 import click
 
-from engine.cli_common import user_errors, version_option
+from engine.cli_common import (device_option, dtype_option, speculate_options,
+                               tensor_parallel_option, tokenizer_option, user_errors,
+                               version_option)
 
-from .config import DEFAULT_HOST, DEFAULT_PORT, ServeConfig
+from .config import DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_PORT, ServeConfig
 from .speculate import LINES_AHEAD, MAX_LINES_AHEAD
 
 ENV = "CGSERVE_"
@@ -23,17 +25,18 @@ def _opt(*names, env: str, **kwargs):
 @click.argument("model", envvar=ENV + "MODEL")
 @_opt("--host", env="HOST", default=DEFAULT_HOST, help="Address to bind (0.0.0.0 exposes it).")
 @_opt("--port", env="PORT", default=DEFAULT_PORT, type=int, help="Port to listen on.")
-@_opt("--dtype", env="DTYPE", default="float32",
-      type=click.Choice(["float32", "float16", "bfloat16"]), help="Weight dtype.")
-@_opt("--device", env="DEVICE", default="cpu",
-      help="cpu, gpu or gpu:N; with --tensor-parallel N: gpu (GPUs 0..N-1) or a list gpu:0,1.")
-@_opt("--tensor-parallel", env="TENSOR_PARALLEL", default=1, type=int,
-      help="Split the model over N GPUs (processes): 1, 2 or 4; e.g. 16B in float16 on two "
-           "24 GB GPUs.  Rank 0 is this process; it starts and stops the others.")
+@dtype_option(env=ENV)
+@device_option(env=ENV)
+@tensor_parallel_option(env=ENV)
 @_opt("--api-key", env="API_KEY", default=None,
       help="Require 'Authorization: Bearer KEY' on /v1 routes.")
 @_opt("--max-queue", env="MAX_QUEUE", default=16, type=int,
       help="Requests allowed to wait; more get 503 with Retry-After.")
+@_opt("--max-batch", env="MAX_BATCH", default=DEFAULT_MAX_BATCH, type=int,
+      help="Sequences decoded together at most (a request with n choices is n of them).")
+@_opt("--kv-cache-mb", env="KV_CACHE_MB", default=None, type=float,
+      help="KV cache the running sequences may reserve, in MiB; a request that can never fit "
+           "gets 400 (default: the engine sizes it).")
 @_opt("--cors-origin", env="CORS_ORIGIN", default=None,
       help="Allow browser requests from this origin (CORS is off without it).")
 @_opt("--request-timeout", env="REQUEST_TIMEOUT", default=120.0, type=float,
@@ -51,30 +54,23 @@ def _opt(*names, env: str, **kwargs):
 @_opt("--prefix-cache-mb", env="PREFIX_CACHE_MB", default=None, type=float,
       help="KV cache kept to reuse the prompts of earlier requests (0: off; default: four "
            "full contexts: the line being typed and two warmed next-line windows).")
-@_opt("--tokenizer", env="TOKENIZER", default=None,
-      type=click.Path(file_okay=False),
-      help="With random:<variant>: a BPE tokenizer directory (`cgbench train-tokenizer`) "
-           "instead of one token per byte.")
+@tokenizer_option(env=ENV)
 @_opt("--supersede/--no-supersede", env="SUPERSEDE", default=True,
       help="A newer request from the same client whose prompt extends a queued or running one "
            "cancels that one (it gets an empty completion).")
-@_opt("--speculate/--no-speculate", env="SPECULATE", default=True,
-      help="While idle, compute the KV cache that a Fauxpilot client's next lines will start "
-           "with (its 150-line window moved down), so each line's first request reuses it; "
-           "needs prefix reuse (off with --prefix-cache-mb 0).")
-@_opt("--speculate-lines", env="SPECULATE_LINES", default=LINES_AHEAD, type=int,
-      help=f"How many coming lines' prompt starts to compute, nearest first "
-           f"(1-{MAX_LINES_AHEAD}).")
+@speculate_options(LINES_AHEAD, MAX_LINES_AHEAD, env=ENV)
 @_opt("--log-prompts", env="LOG_PROMPTS", is_flag=True, default=False,
       help="Put prompt tails in the access log (off: prompts are private code).")
 @_opt("--log-level", env="LOG_LEVEL", default="info",
       type=click.Choice(["debug", "info", "warning", "error"]))
 @user_errors
-def main(model, host, port, dtype, device, tensor_parallel, api_key, max_queue, cors_origin, request_timeout,
-         max_body, grace, truncate, model_name, impl, prefix_cache_mb, tokenizer, supersede,
-         speculate, speculate_lines, log_prompts, log_level) -> None:
+def main(model, host, port, dtype, device, tensor_parallel, api_key, max_queue, max_batch, kv_cache_mb,
+         cors_origin, request_timeout, max_body, grace, truncate, model_name, impl,
+         prefix_cache_mb, tokenizer, supersede, speculate, speculate_lines, log_prompts,
+         log_level) -> None:
     config = ServeConfig(model=model, host=host, port=port, dtype=dtype, device=device,
-                         api_key=api_key, max_queue=max_queue, cors_origin=cors_origin,
+                         api_key=api_key, max_queue=max_queue, max_batch=max_batch,
+                         kv_cache_mb=kv_cache_mb, cors_origin=cors_origin,
                          request_timeout_s=request_timeout, max_body_bytes=max_body,
                          grace_s=grace, truncate=truncate, model_name=model_name, impl=impl,
                          prefix_cache_mb=prefix_cache_mb, supersede=supersede,

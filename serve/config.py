@@ -1,6 +1,7 @@
 """Server settings: a dataclass validated on construction (flag > env var > default)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from engine import OptionError
@@ -9,6 +10,7 @@ from .speculate import LINES_AHEAD, check_lines_ahead
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8978
+DEFAULT_MAX_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,8 @@ class ServeConfig:
     device: str = "cpu"
     api_key: str | None = None
     max_queue: int = 16
+    max_batch: int = DEFAULT_MAX_BATCH  # sequences (n choices count n) decoded together
+    kv_cache_mb: float | None = None  # KV cache the running sequences may reserve; None: engine's
     cors_origin: str | None = None
     request_timeout_s: float = 120.0
     max_body_bytes: int = 1 << 20
@@ -39,6 +43,13 @@ class ServeConfig:
             raise OptionError(f"--port must be 0 to 65535, got {self.port}")
         if self.max_queue < 0:
             raise OptionError(f"--max-queue must be >= 0, got {self.max_queue}")
+        if self.max_batch < 1:
+            raise OptionError(f"--max-batch must be >= 1 (sequences decoded together), "
+                              f"got {self.max_batch}")
+        if self.kv_cache_mb is not None and not (self.kv_cache_mb > 0
+                                                   and math.isfinite(self.kv_cache_mb)):
+            raise OptionError(f"--kv-cache-mb must be > 0 (leave it out to let the engine size "
+                              f"it), got {self.kv_cache_mb}")
         if self.request_timeout_s <= 0:
             raise OptionError(f"--request-timeout must be > 0 seconds, got {self.request_timeout_s}")
         if self.max_body_bytes < 1024:
@@ -78,6 +89,11 @@ class ServeConfig:
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def kv_cache_bytes(self) -> int | None:
+        """`--kv-cache-mb` in bytes, for the scheduler (None: the engine decides)."""
+        return None if self.kv_cache_mb is None else int(self.kv_cache_mb * 2**20)
 
     def load_kwargs(self) -> dict:
         """Arguments for `engine.load`."""

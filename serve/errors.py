@@ -1,6 +1,6 @@
 """Errors the server answers with, in OpenAI's shape.
 
-`ApiError` is raised anywhere in the request path; `serve.app.BaseHandler.write_error`
+`ApiError` is raised anywhere in the request path; `serve.handlers.BaseHandler.write_error`
 is the one place that turns it (or any other exception) into a response.
 """
 from __future__ import annotations

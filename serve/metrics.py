@@ -1,161 +1,167 @@
-"""Prometheus metrics in the text exposition format (no client library needed).
+"""What /metrics reports, through prometheus-client: one registry per server.
 
-The metric names are defined here only; every name carries its unit.
-All updates happen on the IO loop, so no locks are needed.
+The metric names are defined here only; every name carries its unit. Gauges and the
+warm-up counters are read live from the scheduler and the engine's prefix cache when
+/metrics is scraped (`Gauge.set_function`, a collector); the rest are updated by
+`serve.serving` and `serve.handlers` on the IO loop.
 """
 from __future__ import annotations
 
-import bisect
 from typing import Callable
 
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+# No `<name>_created` series: they were never part of cgserve's metrics (process-wide switch).
+prometheus_client.disable_created_metrics()
+
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+CANCEL_REASONS = ("disconnect", "timeout", "shutdown", "superseded", "aborted")
+# The exposition format generate_latest writes (what Prometheus 2 and 3 both read).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
-    if not pairs:
-        return ""
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-    return "{" + inner + "}"
+def cache_reading(generator, name: str) -> float:
+    """A number from the engine's prefix cache (0 when there is none); it changes under us."""
+    cache = getattr(generator, "prefix_cache", None)
+    for _ in range(3):  # the worker may change the entries while we add them up
+        try:
+            return float(getattr(cache, name, 0) or 0)
+        except RuntimeError:
+            continue
+    return float("nan")
 
 
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class WarmupCounters:
+    """The scheduler's warm-up counts (kept by its worker thread) as Prometheus counters."""
 
+    def __init__(self, scheduler: Callable[[], object]):
+        self.scheduler = scheduler
 
-def _num(value: float) -> str:
-    if value == float("inf"):
-        return "+Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class Counter:
-    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()):
-        self.name, self.help, self.label_names = name, help_text, labels
-        self.values: dict[tuple, float] = {}
-
-    def inc(self, amount: float = 1.0, **labels) -> None:
-        key = tuple(str(labels[n]) for n in self.label_names)
-        self.values[key] = self.values.get(key, 0.0) + amount
-
-    def get(self, **labels) -> float:
-        return self.values.get(tuple(str(labels[n]) for n in self.label_names), 0.0)
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        rows = self.values.items() if self.values or self.label_names else [((), 0.0)]
-        for key, value in sorted(rows):
-            out.append(f"{self.name}{_labels(tuple(zip(self.label_names, key)))} {_num(value)}")
-        return out
-
-
-class Gauge:
-    def __init__(self, name: str, help_text: str, read: Callable[[], float]):
-        self.name, self.help, self.read = name, help_text, read
-
-    def render(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge",
-                f"{self.name} {_num(self.read())}"]
-
-
-class ReadCounter:
-    """A counter kept elsewhere (the worker thread's): `read()` gives {label value: count}."""
-
-    def __init__(self, name: str, help_text: str, label: str | None,
-                 read: Callable[[], dict[str, float]], keys: tuple[str, ...]):
-        self.name, self.help, self.label, self.read, self.keys = name, help_text, label, read, keys
-
-    def render(self) -> list[str]:
-        values = self.read() or {}
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        for key in self.keys:
-            labels = _labels(((self.label, key),)) if self.label else ""
-            out.append(f"{self.name}{labels} {_num(values.get(key, 0))}")
-        return out
-
-
-class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...] = LATENCY_BUCKETS_S):
-        self.name, self.help, self.buckets = name, help_text, buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        running = 0
-        for bound, count in zip(self.buckets + (float("inf"),), self.counts):
-            running += count
-            out.append(f'{self.name}_bucket{{le="{_num(bound)}"}} {running}')
-        out += [f"{self.name}_sum {_num(self.sum)}", f"{self.name}_count {self.count}"]
-        return out
+    def collect(self):
+        scheduler = self.scheduler()
+        counts = dict(scheduler.warmups) if scheduler is not None else {}
+        started = CounterMetricFamily(
+            "cgserve_warmups_started_total",
+            "Speculative warm-ups of a client's next-line prompt started")
+        started.add_metric([], counts.get("started", 0))
+        ended = CounterMetricFamily(
+            "cgserve_warmups_total", "Speculative warm-ups ended, by outcome (completed; "
+            "cancelled by a request, resumed later; skipped: already cached or too long)",
+            labels=["outcome"])
+        for outcome in ("completed", "cancelled", "skipped"):
+            ended.add_metric([outcome], counts.get(outcome, 0))
+        tokens = CounterMetricFamily("cgserve_warmup_tokens_computed_total",
+                                     "Prompt tokens computed by speculative warm-ups")
+        tokens.add_metric([], counts.get("tokens", 0))
+        return [started, ended, tokens]
 
 
 class Metrics:
-    """Everything /metrics reports; gauges read the live state through callables."""
+    """Everything /metrics reports for one server.
 
-    def __init__(self, queue_depth: Callable[[], float] = lambda: 0,
-                 busy: Callable[[], float] = lambda: 0, ready: Callable[[], float] = lambda: 0,
-                 cache_bytes: Callable[[], float] = lambda: 0,
-                 cache_budget: Callable[[], float] = lambda: 0,
-                 warmups: Callable[[], dict[str, float]] = lambda: {},
-                 warming: Callable[[], float] = lambda: 0,
-                 warmups_pending: Callable[[], float] = lambda: 0):
-        self.requests = Counter("cgserve_requests_total", "HTTP requests answered, by route and status",
-                                ("route", "status"))
+    `scheduler` and `generator` return the live objects (None while loading); `ready`
+    says whether the server takes work.
+    """
+
+    def __init__(self, scheduler: Callable[[], object] = lambda: None,
+                 generator: Callable[[], object] = lambda: None,
+                 ready: Callable[[], bool] = lambda: False):
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter("cgserve_requests_total",
+                                "HTTP requests answered, by route and status",
+                                ["route", "status"], registry=reg)
         self.cancelled = Counter("cgserve_cancelled_total",
-                                 "Generations cut short, by reason (disconnect, timeout, shutdown, "
-                                 "superseded)",
-                                 ("reason",))
+                                 "Generations cut short, by reason (" + ", ".join(CANCEL_REASONS) +
+                                 ")", ["reason"], registry=reg)
         self.rejected = Counter("cgserve_rejected_total",
-                                "Completions refused before generation, by reason", ("reason",))
-        self.completion_tokens = Counter("cgserve_completion_tokens_total", "Tokens generated")
-        self.prompt_tokens = Counter("cgserve_prompt_tokens_total", "Prompt tokens processed")
+                                "Completions refused before generation, by reason", ["reason"],
+                                registry=reg)
+        self.completion_tokens = Counter("cgserve_completion_tokens_total", "Tokens generated",
+                                         registry=reg)
+        self.prompt_tokens = Counter("cgserve_prompt_tokens_total", "Prompt tokens processed",
+                                     registry=reg)
         self.reused_tokens = Counter("cgserve_prompt_tokens_reused_total",
-                                     "Prompt tokens whose KV cache came from an earlier request")
+                                     "Prompt tokens whose KV cache came from an earlier request",
+                                     registry=reg)
         self.computed_tokens = Counter("cgserve_prompt_tokens_computed_total",
-                                       "Prompt tokens the model had to run (not reused)")
+                                       "Prompt tokens the model had to run (not reused)",
+                                       registry=reg)
         self.truncated_tokens = Counter("cgserve_truncated_prompt_tokens_total",
-                                        "Prompt tokens cut from the left to fit the context")
+                                        "Prompt tokens cut from the left to fit the context",
+                                        registry=reg)
         self.latency = Histogram("cgserve_request_latency_seconds",
-                                 "Completion request latency, arrival to last byte")
+                                 "Completion request latency, arrival to last byte",
+                                 buckets=LATENCY_BUCKETS_S, registry=reg)
         self.ttft = Histogram("cgserve_ttft_seconds",
-                              "Time to first token as the engine measured it")
+                              "Time to first token as the engine measured it",
+                              buckets=LATENCY_BUCKETS_S, registry=reg)
         self.queue_wait = Histogram("cgserve_queue_wait_seconds",
-                                    "Time a completion waited in the queue")
-        self.warmup_counters = [
-            ReadCounter("cgserve_warmups_started_total",
-                        "Speculative warm-ups of a client's next-line prompt started", None,
-                        warmups, ("started",)),
-            ReadCounter("cgserve_warmups_total",
-                        "Speculative warm-ups ended, by outcome (completed; cancelled by a "
-                        "request, resumed later; skipped: already cached or too long)",
-                        "outcome", warmups, ("completed", "cancelled", "skipped")),
-            ReadCounter("cgserve_warmup_tokens_computed_total",
-                        "Prompt tokens computed by speculative warm-ups", None,
-                        lambda: {"tokens": warmups().get("tokens", 0)}, ("tokens",)),
-        ]
-        self.gauges = [
-            Gauge("cgserve_queue_depth", "Completions waiting for the worker", queue_depth),
-            Gauge("cgserve_busy", "1 while the worker is generating", busy),
-            Gauge("cgserve_ready", "1 once the model is loaded and the server takes work", ready),
-            Gauge("cgserve_prefix_cache_bytes", "KV cache bytes kept for reuse", cache_bytes),
-            Gauge("cgserve_prefix_cache_budget_bytes",
-                  "The prefix cache's budget (0: reuse is off)", cache_budget),
-            Gauge("cgserve_warmup_running", "1 while a speculative warm-up runs", warming),
-            Gauge("cgserve_warmups_pending", "Clients with a warm-up waiting for an idle worker",
-                  warmups_pending),
-        ]
+                                    "Time a completion waited in the queue",
+                                    buckets=LATENCY_BUCKETS_S, registry=reg)
+        for why in CANCEL_REASONS:  # at 0 from the start, so rates and diffs need no gaps
+            self.cancelled.labels(reason=why)
+        self.rejected.labels(reason="queue_full")
+        reg.register(WarmupCounters(scheduler))
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in (self.requests, self.cancelled, self.rejected, self.completion_tokens,
-                       self.prompt_tokens, self.reused_tokens, self.computed_tokens,
-                       self.truncated_tokens, self.latency, self.ttft,
-                       self.queue_wait, *self.warmup_counters, *self.gauges):
-            lines += metric.render()
-        return "\n".join(lines) + "\n"
+        def reading(attribute: str) -> Callable[[], float]:
+            def read() -> float:
+                live = scheduler()
+                return float(getattr(live, attribute)) if live is not None else 0.0
+            return read
+
+        gauges = (
+            ("cgserve_queue_depth", "Completions waiting for the worker", reading("depth")),
+            ("cgserve_busy", "1 while the worker is generating", reading("busy")),
+            ("cgserve_ready", "1 once the model is loaded and the server takes work",
+             lambda: float(bool(ready()))),
+            ("cgserve_running_sequences",
+             "Sequences (rows: a request with n choices counts n) being prefilled or decoded",
+             reading("running")),
+            ("cgserve_waiting_requests", "Requests admitted but not decoding yet",
+             reading("waiting")),
+            ("cgserve_batch_size", "Rows in the most recent decode step", reading("batch_size")),
+            ("cgserve_prefix_cache_bytes", "KV cache bytes kept for reuse",
+             lambda: cache_reading(generator(), "used_bytes")),
+            ("cgserve_prefix_cache_budget_bytes", "The prefix cache's budget (0: reuse is off)",
+             lambda: cache_reading(generator(), "budget_bytes")),
+            ("cgserve_warmup_running", "1 while a speculative warm-up runs", reading("warming")),
+            ("cgserve_warmups_pending", "Clients with a warm-up waiting for an idle worker",
+             reading("pending_warmups")),
+        )
+        for name, help_text, read in gauges:
+            Gauge(name, help_text, registry=reg).set_function(read)
+
+    # ---- updates (IO loop) ----
+    def count_request(self, route: str, status: str) -> None:
+        self.requests.labels(route=route, status=status).inc()
+
+    def count_cancelled(self, reason: str) -> None:
+        self.cancelled.labels(reason=reason).inc()
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected.labels(reason=reason).inc()
+
+    def record_result(self, result, queue_wait_s: float | None) -> None:
+        """One finished generation: its token counts, its TTFT and its time in the queue."""
+        self.completion_tokens.inc(result.completion_tokens)
+        self.prompt_tokens.inc(result.prompt_tokens)
+        self.truncated_tokens.inc(result.truncated_tokens)
+        reused = getattr(result, "reused_tokens", 0) or 0
+        self.reused_tokens.inc(reused)
+        self.computed_tokens.inc(result.prompt_tokens - reused)
+        if result.completion_tokens:
+            self.ttft.observe(result.ttft_ms / 1e3)
+        if queue_wait_s is not None:
+            self.queue_wait.observe(queue_wait_s)
+
+    # ---- readings ----
+    def value(self, name: str, **labels) -> float:
+        """One sample's value as /metrics would show it (0 when it has none yet)."""
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -6,6 +6,20 @@ from engine import __version__
 from .protocol import FIELDS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+SSE_STREAM = {  # with stream=true (OpenAPI 3.0 cannot type the events themselves)
+    "schema": {"type": "string", "description": (
+        "Server-sent events, each `data: {json}` and a blank line. Every event but the last is "
+        "a Completion without usage whose choices hold one choice's text delta (one id for "
+        "all); finish_reason is null until that choice's last event. With "
+        "stream_options.include_usage, one more event has empty choices and the usage. An "
+        "error after the stream began is sent as `data: {Error}`. The stream ends with "
+        "`data: [DONE]`.")},
+    "example": 'data: {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": '
+               '"codegen", "choices": [{"text": "    return", "index": 0, "logprobs": null, '
+               '"finish_reason": null}]}\n\ndata: {"id": "cmpl-1", "object": "text_completion", '
+               '"created": 1, "model": "codegen", "choices": [{"text": " 1", "index": 0, '
+               '"logprobs": null, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n',
+}
 
 
 def _error_response(description: str, retry_after: bool = False) -> dict:
@@ -16,14 +30,20 @@ def _error_response(description: str, retry_after: bool = False) -> dict:
     return out
 
 
+def nullable(schema: dict) -> dict:
+    """`schema` or null, in OpenAPI 3.0's terms (`nullable` works only beside a `type`)."""
+    if not schema:
+        return {}  # anything, null included
+    if "oneOf" in schema:
+        first, *rest = schema["oneOf"]
+        return {**schema, "oneOf": [{**first, "nullable": True}, *rest]}
+    return {**schema, "nullable": True}
+
+
 def request_schema() -> dict:
     props = {}
     for field in FIELDS:
-        schema = dict(field.kind.schema)
-        if schema:
-            schema = {"anyOf": [schema, {"type": "null"}]} if "oneOf" in schema else \
-                {**schema, "nullable": True}
-        props[field.name] = {**schema, "description": field.doc}
+        props[field.name] = {**nullable(field.kind.schema), "description": field.doc}
         if field.default not in (None, (), {}):
             props[field.name]["default"] = field.default
     return {"type": "object", "properties": props, "additionalProperties": True,
@@ -86,7 +106,7 @@ def _completions_op(summary: str, engine_param: bool) -> dict:
                                        "cancelled this one"}},
                     "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Completion"}},
-                        "text/event-stream": {"schema": {"type": "string"}}}},
+                        "text/event-stream": SSE_STREAM}},
             "400": _error_response("Malformed JSON, a wrong type or a value out of range"),
             "401": _error_response("An API key is set and the Bearer token is missing or wrong"),
             "413": _error_response("Request body too large"),

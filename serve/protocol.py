@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import OptionError, SamplingParams
+from engine.sampling import MAX_LOGPROBS, MAX_N, MAX_PENALTY, MAX_SEED
+from engine.sampling import MAX_STOP_STRINGS as MAX_STOP
 
 from .errors import ApiError, bad_request
 
-MAX_STOP = 4
-MAX_N = 16
-MAX_LOGPROBS = 5
+MAX_TEMPERATURE = 2  # OpenAI's limit on the wire (the engine itself allows more)
 
 
 # ---- field kinds: each validates a JSON value and describes itself as a JSON schema ----
@@ -49,8 +49,9 @@ class Integer(Kind):
 class Number(Kind):
     def __init__(self, lo: float, hi: float, lo_open: bool = False):
         self.lo, self.hi, self.lo_open = lo, hi, lo_open
-        self.schema = {"type": "number", "maximum": hi,
-                       **({"exclusiveMinimum": lo} if lo_open else {"minimum": lo})}
+        # OpenAPI 3.0 (JSON Schema draft 4): exclusiveMinimum is a flag on minimum
+        self.schema = {"type": "number", "minimum": lo, "maximum": hi,
+                       **({"exclusiveMinimum": True} if lo_open else {})}
 
     def check(self, name, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -157,7 +158,8 @@ FIELDS: tuple[Field, ...] = (
     Field("suffix", String(), None,
           "Text after the cursor. CodeGen-1 cannot fill in the middle: accepted and ignored."),
     Field("max_tokens", Integer(1), 16, "Tokens to generate at most."),
-    Field("temperature", Number(0, 2), 1.0, "Sampling temperature; 0 is greedy (deterministic)."),
+    Field("temperature", Number(0, MAX_TEMPERATURE), 1.0,
+          "Sampling temperature; 0 is greedy (deterministic)."),
     Field("top_p", Number(0, 1, lo_open=True), 1.0, "Nucleus sampling: keep this probability mass."),
     Field("top_k", Integer(0), 0, "Extension: sample among the k likeliest tokens (0 = all)."),
     Field("n", Integer(1, MAX_N), 1, "Number of completions of the prompt."),
@@ -169,12 +171,12 @@ FIELDS: tuple[Field, ...] = (
           "Return the log-probability of each token and of the N likeliest alternatives."),
     Field("echo", Boolean(), False, "Put the prompt in front of the completion."),
     Field("stop", Stop(), (), f"Up to {MAX_STOP} sequences that end the completion (not returned)."),
-    Field("presence_penalty", Number(-2, 2), 0.0,
+    Field("presence_penalty", Number(-MAX_PENALTY, MAX_PENALTY), 0.0,
           "Subtracted once from the logit of every token already generated."),
-    Field("frequency_penalty", Number(-2, 2), 0.0,
+    Field("frequency_penalty", Number(-MAX_PENALTY, MAX_PENALTY), 0.0,
           "Subtracted from a token's logit once per time it was already generated."),
     Field("logit_bias", LogitBias(), {}, "Accepted only when empty."),
-    Field("seed", Integer(0, 2**63 - 1), None, "Makes sampling repeatable."),
+    Field("seed", Integer(0, MAX_SEED), None, "Makes sampling repeatable."),
     Field("user", Anything(), None, "Ignored."),
     Field("truncate", Boolean(), None,
           "Extension: cut an over-long prompt from the left (true) or answer 400 (false); "

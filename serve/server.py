@@ -15,8 +15,9 @@ import tornado.netutil
 from engine import EngineError, OptionError
 from engine.runtime import import_paddle
 
-from .app import LOADING, READY, STOPPING, ServerState, make_app
+from .app import ServerState, make_app
 from .config import ServeConfig
+from .serving import LOADING, READY, STOPPING
 
 log = logging.getLogger("serve")
 

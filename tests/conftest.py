@@ -17,6 +17,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import builders  # noqa: E402
 
 
+PROJECT_SETTINGS = ("CGSERVE_", "CGBENCH_")  # the commands' environment variables
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_env():
+    """The tests run without the commands' settings from the environment they were started in
+    (a developer's CGSERVE_PREFIX_CACHE_MB, a CGBENCH_FAULT left exported, ...).  Session
+    scope, so the session- and module-scoped fixtures (servers, sweeps) run without them too;
+    what a test sets itself goes through monkeypatch or CliRunner(env=...)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith(PROJECT_SETTINGS)]:
+            patch.delenv(key)
+        yield
+
+
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
     """The same tiny random model in three layouts: modern pdparams, legacy, safetensors."""

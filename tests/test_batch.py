@@ -205,11 +205,12 @@ def test_generate_from_two_threads_batches_them():
     tok = ByteTokenizer()
     both_in = threading.Event()
     gen = scripted_generator([ord("a")] * 100, tok, on_decode=lambda n: both_in.wait(10))
-    submit = gen.submit
+    submit, submitted = gen.submit, []
 
     def counting_submit(req):  # the first decode waits until both requests are in
         submit(req)
-        if len(gen.batch.waiting) + len(gen.batch.active) >= 2:
+        submitted.append(req)
+        if len(submitted) == 2:
             both_in.set()
         return req
 

@@ -1,11 +1,11 @@
-"""Both backends time a request the same way: one timestamp per token, batch rows counted."""
+"""bench/sweep/backends.py: both backends time a request the same way (one timestamp per
+token, batch rows counted); the prompts."""
 from __future__ import annotations
 
 import pytest
 
-from bench.backends import BACKENDS, prompt_ids
-from bench.plan import Point
-from bench.worker import classify, floor_row, latency_row
+from bench.sweep.backends import BACKENDS, prompt_ids
+from bench.sweep.plan import Point
 
 
 @pytest.fixture(scope="module", params=["paddle", "hf"])
@@ -28,29 +28,3 @@ def test_prompts_are_exact_and_reproducible():
     a = prompt_ids(3, 0, 1024, 256)
     assert len(a) == 1024 and max(a) < 256 and a == prompt_ids(3, 0, 1024, 256)
     assert a != prompt_ids(3, 1, 1024, 256)
-
-
-def test_latency_row_from_timings():
-    from bench.backends import Timing
-
-    timings = [Timing(100.0, 90.0, 400.0, [100.0, 200.0, 300.0, 400.0], 4),
-               Timing(120.0, 95.0, 420.0, [120.0, 220.0, 320.0, 420.0], 4)]
-    row = latency_row(timings, new_tokens=4, batch=1)
-    assert row["ttft_ms_mean"] == pytest.approx(110.0)
-    assert row["tpot_ms_mean"] == pytest.approx(100.0) and row["tpot_ms_stdev"] == 0
-    assert row["itl_ms_p99"] == pytest.approx(100.0) and row["itl_count"] == 6
-    assert row["decode_tokens_per_s_mean"] == pytest.approx(10.0)
-    floor = floor_row({**row, "prompt_tokens": 8, "new_tokens": 4, "batch": 1,
-                       "weight_bytes": 10**9, "kv_bytes_per_token": 0}, 20.0, "test")
-    assert floor["floor_ms_per_token"] == pytest.approx(50.0)
-    assert floor["pct_of_floor"] == pytest.approx(50.0)
-
-
-@pytest.mark.parametrize("exc, status", [
-    (MemoryError(), "oom"),
-    (RuntimeError("CUDA error: out of memory"), "oom"),
-    (RuntimeError("ResourceExhaustedError: Out of memory error on GPU 0"), "oom"),
-    (ValueError("shape mismatch"), "error"),
-])
-def test_failures_are_classified(exc, status):
-    assert classify(exc) == status

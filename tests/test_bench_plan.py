@@ -6,7 +6,7 @@ import os
 import pytest
 
 from bench.errors import BenchError
-from bench.plan import CPU_QUICK_VARIANTS, Point, build_plan, estimated_cost
+from bench.sweep.plan import CPU_QUICK_VARIANTS, Point, build_plan, estimated_cost
 
 
 def test_default_plan_is_the_quick_cpu_sweep_of_the_350M_variants():

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.recommend import CUDA_CONTEXT_MB, estimate_need_mb, parse_memory, recommend
-from bench.schema import SCHEMA_VERSION, write_points
+from bench.analysis.recommend import CUDA_CONTEXT_MB, estimate_need_mb, parse_memory, recommend
+from bench.sweep.schema import SCHEMA_VERSION, write_points
 from engine.variants import ARCHITECTURES
 
 MiB = 2**20
@@ -58,7 +58,7 @@ def test_one_p40_gets_6B_float16_and_reasons_for_the_bigger_ones():
 
 @pytest.mark.parametrize("data", ["multi", "mono"])
 def test_two_p40s_get_16B_float16_split_two_ways(data):
-    from bench.recommend import render_recommendation, tensor_parallel_need_mb
+    from bench.analysis.recommend import render_recommendation, tensor_parallel_need_mb
 
     result = recommend([row(gpu_mb=2500)], {}, parse_memory("24GB"), gpus=2, data=data)
     chosen = result["chosen"]

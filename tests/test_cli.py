@@ -33,3 +33,17 @@ def test_engine_demo_bad_input_is_one_line_and_exit_1():
     assert result.exit_code == 1
     assert result.output.strip().startswith("Error: unknown variant 'nope'")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_engine_demo_refuses_an_unknown_dtype():
+    result = CliRunner().invoke(engine_main, ["random:tiny", "--dtype", "float64"])
+    assert result.exit_code == 2 and "--dtype" in result.output
+
+
+@pytest.mark.parametrize("command", [["run"], ["typing"]])
+def test_cgbench_shares_the_option_bundles(command):
+    help_text = CliRunner().invoke(cgbench, [*command, "--help"]).output
+    wanted = {"run": ("--dtype", "--device"),
+              "typing": ("--tokenizer", "--speculate / --no-speculate", "--speculate-lines")}
+    for option in wanted[command[0]]:
+        assert option in help_text

@@ -289,6 +289,18 @@ def post_in_thread(url, body, results, **kw):
     return thread
 
 
+def test_batch_settings_reach_the_scheduler():
+    with LiveServer(FakeGenerator(), max_queue=3, max_batch=4, kv_cache_mb=2) as live:
+        scheduler = live.state.scheduler
+        assert (scheduler.max_queue, scheduler.max_batch, scheduler.kv_cache_bytes) == \
+            (3, 4, 2 << 20)
+    fake = FakeGenerator()
+    with LiveServer(fake) as live:  # not given: the engine's defaults stay
+        assert (live.state.scheduler.max_batch, live.state.scheduler.kv_cache_bytes) == \
+            (8, fake.batch.kv_budget_bytes)
+        assert fake.batch.kv_budget_bytes == 8 * fake.context_length * fake.model.kv_bytes_per_token()
+
+
 def test_full_queue_is_503_with_retry_after():
     gate = threading.Event()
     fake = FakeGenerator(gate=gate)

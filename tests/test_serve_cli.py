@@ -67,7 +67,37 @@ def test_env_vars_and_flag_precedence(captured):
     assert config.cors_origin == "http://localhost:3000" and config.truncate is False
 
 
+def test_batch_options_and_their_env_vars(captured):
+    result = CliRunner().invoke(main, ["random:tiny"])
+    assert (captured["config"].max_batch, captured["config"].kv_cache_mb) == (8, None)
+    assert captured["config"].kv_cache_bytes is None  # the engine decides
+    env = {"CGSERVE_MAX_BATCH": "4", "CGSERVE_KV_CACHE_MB": "64"}
+    result = CliRunner().invoke(main, ["random:tiny", "--max-batch", "2"], env=env)
+    assert result.exit_code == 0, result.output
+    config = captured["config"]
+    assert (config.max_batch, config.kv_cache_mb, config.kv_cache_bytes) == (2, 64, 64 << 20)
+
+
+def test_shared_options_keep_their_env_vars(captured, tmp_path):
+    env = {"CGSERVE_DTYPE": "float16", "CGSERVE_DEVICE": "gpu:1",
+           "CGSERVE_SPECULATE": "false", "CGSERVE_SPECULATE_LINES": "3"}
+    result = CliRunner().invoke(main, ["random:tiny"], env=env)
+    assert result.exit_code == 0, result.output
+    config = captured["config"]
+    assert (config.dtype, config.device, config.speculate, config.speculate_lines) == \
+        ("float16", "gpu:1", False, 3)
+    help_text = CliRunner().invoke(main, ["--help"]).output
+    for name in ("CGSERVE_TOKENIZER", "CGSERVE_MAX_BATCH", "CGSERVE_KV_CACHE_MB"):
+        assert name in help_text
+    bad = CliRunner().invoke(main, ["random:tiny", "--dtype", "float64"])
+    assert bad.exit_code == 2 and "--dtype" in bad.output
+
+
 @pytest.mark.parametrize("args, words", [
+    (["--max-batch", "0"], "--max-batch"),
+    (["--kv-cache-mb", "0"], "--kv-cache-mb"),
+    (["--kv-cache-mb", "-5"], "--kv-cache-mb"),
+    (["--kv-cache-mb", "inf"], "--kv-cache-mb"),
     (["--port", "70000"], "--port"),
     (["--max-queue", "-1"], "--max-queue"),
     (["--request-timeout", "0"], "--request-timeout"),

@@ -9,7 +9,6 @@ from engine import OptionError
 from engine.generate import Choice
 from serve import protocol
 from serve.errors import ApiError
-from serve.openapi import build_spec
 from serve.testing import ByteTokenizer, make_result
 
 
@@ -175,12 +174,25 @@ def test_sse_framing():
     assert json.loads(frame[6:]) == {"a": "é"}
 
 
-def test_openapi_lists_every_field_and_route():
-    spec = build_spec()
-    props = spec["components"]["schemas"]["CompletionRequest"]["properties"]
-    assert set(props) == set(protocol.FIELD_NAMES)
-    assert {"/v1/completions", "/v1/engines/{engine}/completions", "/v1/models", "/health",
-            "/metrics", "/openapi.json"} <= set(spec["paths"])
-    responses = spec["paths"]["/v1/completions"]["post"]["responses"]
-    assert {"200", "400", "401", "404", "405", "413", "503"} <= set(responses)
-    assert spec["openapi"].startswith("3.")
+@pytest.mark.parametrize("name, limit", [("n", "MAX_N"), ("logprobs", "MAX_LOGPROBS"),
+                                         ("presence_penalty", "MAX_PENALTY"),
+                                         ("frequency_penalty", "MAX_PENALTY"),
+                                         ("seed", "MAX_SEED")])
+def test_request_limits_are_the_engines(name, limit):
+    from engine import sampling
+
+    top = getattr(sampling, limit)
+    assert getattr(parse(**{name: top}), name) == top  # the engine's bound is accepted ...
+    with pytest.raises(ApiError) as refused:  # ... and one past it refused, naming the field
+        parse(**{name: top + 1})
+    assert refused.value.param == name
+    with pytest.raises(OptionError):
+        sampling.SamplingParams(**{name: top + 1})
+
+
+def test_stop_limit_is_the_engines():
+    from engine.sampling import MAX_STOP_STRINGS
+
+    assert len(parse(stop=["a"] * MAX_STOP_STRINGS).stop) == MAX_STOP_STRINGS
+    with pytest.raises(ApiError):
+        parse(stop=["a"] * (MAX_STOP_STRINGS + 1))

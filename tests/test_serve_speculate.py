@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import serve.server
-from bench.typing_session import fauxpilot_prompt
+from bench.typing.session import fauxpilot_prompt
 from engine import load
 from engine.sampling import SamplingParams
 from fakes import run_prompt
@@ -360,8 +360,8 @@ def test_cli_option_and_env_var(monkeypatch):
 
 
 def test_replay_runs_warm_ups_only_within_their_own_modes_segments():
-    from bench.typing_replay import SpeculationGate, replay
-    from bench.typing_session import plan_session
+    from bench.typing.replay import SpeculationGate, replay
+    from bench.typing.session import plan_session
 
     warmer = SlowWarmFake()
     seen = []  # was the warmer's warm-up running while the other server worked?

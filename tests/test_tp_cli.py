@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import serve.server
 from bench.cli import main as cgbench
 from bench.errors import BenchError
-from bench.plan import build_plan
+from bench.sweep.plan import build_plan
 from engine.__main__ import main as engine_main
 from serve.cli import main as cgserve
 
@@ -103,7 +103,7 @@ def test_bench_tensor_parallel_errors(args, fragment):
 
 
 def test_points_csv_has_the_column_and_old_files_read_as_one(tmp_path):
-    from bench.schema import COLUMNS, read_points, write_points
+    from bench.sweep.schema import COLUMNS, read_points, write_points
 
     assert "tensor_parallel" in COLUMNS
     write_points(tmp_path, [{"schema_version": 1, "variant": "codegen-tiny", "status": "ok",
@@ -115,3 +115,19 @@ def test_points_csv_has_the_column_and_old_files_read_as_one(tmp_path):
     old = [",".join(c for j, c in enumerate(line.split(",")) if j != i) for line in text]
     (tmp_path / "points.csv").write_text("\n".join(old) + "\n")
     assert read_points(tmp_path)[0]["tensor_parallel"] == 1
+
+
+def test_report_and_compare_tell_split_points_apart(tmp_path):
+    from bench.analysis.compare import compare_runs
+    from bench.analysis.frames import load_run
+    from bench.analysis.report import render_report
+    from bench_points import sweep_row, write_run
+
+    one, two = sweep_row("paddle", 128), sweep_row("paddle", 128, ttft=50.0)
+    two.update(tensor_parallel=2, point_id=two["point_id"] + "/tp2")
+    write_run(tmp_path / "a", [one, two])
+    points, env = load_run(tmp_path / "a")
+    header = render_report(points, env, "text").splitlines()[0].split()
+    assert "tp" in header
+    items, only_a, only_b = compare_runs(tmp_path / "a", tmp_path / "a")
+    assert {p.endswith("/tp2") for p in items["point"]} == {True, False}
