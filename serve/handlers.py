@@ -136,7 +136,7 @@ class HealthHandler(BaseHandler):
     def get(self) -> None:
         state = self.state
         body = {"status": state.status, "model": state.config.served_name}
-        failure = model_failure(state.generator)
+        failure = serving.model_failure(state.generator)
         if failure:
             body.update(status="failed", error=failure)
         if state.status == READY and not failure:
