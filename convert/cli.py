@@ -18,33 +18,41 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 FORMATS = ("safetensors", "pdparams")
 
 
-class ProgressLine:
-    """One self-overwriting line on stderr per file (only when stderr is a terminal, or forced)."""
+class Progress:
+    """tqdm bars on stderr, only when stderr is a terminal (or `enabled` forces them on or off).
+
+    `bytes(name, done, total)` drives one bar per file (downloads); `tensor(name, nbytes)` one bar
+    for all the weights a conversion writes.
+    """
 
     def __init__(self, enabled: bool | None = None):
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._last = 0.0
-        self._name = None
+        self._bar = None
+        self._name: str | None = None
         self._done = 0
 
     def bytes(self, name: str, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if not self.enabled or (name == self._name and now - self._last < 0.2 and done != total):
+        if not self.enabled:
             return
-        if self._name not in (None, name):
-            click.echo("", err=True)
-        self._name, self._last = name, now
-        pct = f" {100 * done / total:5.1f}%" if total else ""
-        of = f" / {total / 1e6:,.1f}" if total else ""
-        click.echo(f"\r  {name}: {done / 1e6:,.1f}{of} MB{pct}", err=True, nl=False)
+        if name != self._name:
+            from tqdm import tqdm
+
+            self.close()
+            self._name = name
+            self._bar = tqdm(desc=f"  {name}", total=total, initial=done, unit="B",
+                             unit_scale=True, unit_divisor=1000, file=sys.stderr,
+                             dynamic_ncols=True, mininterval=0.2, disable=False)
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)
 
     def tensor(self, name: str, nbytes: int) -> None:
         self._done += nbytes
         self.bytes("weights", self._done, None)
 
     def close(self) -> None:
-        if self.enabled and self._name is not None:
-            click.echo("", err=True)
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._name = None, None
 
 
 def _exit(code: int) -> None:
@@ -136,7 +144,7 @@ def from_hf(src: Path, dst: Path, dtype: str, fmt: str, verify: bool, verify_tok
     from .hf import convert_hf
 
     started = time.perf_counter()
-    progress = ProgressLine()
+    progress = Progress()
     try:
         result = convert_hf(src, dst, dtype=dtype, fmt=fmt, progress=progress.tensor)
     finally:
@@ -162,7 +170,7 @@ def cast(src: Path, dst: Path, dtype: str, fmt: str | None, verify: bool, verify
     from .cast import cast_dir
 
     started = time.perf_counter()
-    progress = ProgressLine()
+    progress = Progress()
     try:
         result = cast_dir(src, dst, dtype, fmt, progress=progress.tensor)
     finally:
@@ -187,7 +195,7 @@ def fetch(variant: str, dest: Path, base_url: str | None, timeout: float, as_jso
     """Download VARIANT's files into DEST (resumable), write a sha256 manifest, then inspect DEST."""
     from .fetch import DEFAULT_BASE_URL, fetch_variant
 
-    progress = ProgressLine()
+    progress = Progress()
     try:
         result = fetch_variant(variant, dest, base_url or DEFAULT_BASE_URL, progress.bytes, timeout)
     finally:
