@@ -290,21 +290,44 @@ def _wheels_from_report(report: dict, built_dir: Path, given_dirs: set[Path]) ->
     return sorted(wheels, key=lambda w: w.name)
 
 
+def _dry_run(requirement: str, args: list[str]) -> tuple[PipRun, dict | None]:
+    """``pip install --dry-run --report`` of `requirement`: the run and its report (None on failure)."""
+    with tempfile.TemporaryDirectory(prefix="cgconvert-resolve-") as tmp:
+        report_path = Path(tmp) / "report.json"
+        # --target: older pips take the platform options only with it (nothing is installed)
+        run = run_pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report",
+                       str(report_path), "--target", str(Path(tmp) / "target"), *args, requirement])
+        if run.code != 0:
+            return run, None
+        return run, json.loads(report_path.read_text(encoding="utf-8"))
+
+
+def _source_only_picks(requirement: str, sources: Sources) -> list[str]:
+    """What an unrestricted resolution (sources allowed, this interpreter) takes as source archives.
+
+    Restricted to wheels, pip would silently go back to an old release that had one (seqeval
+    1.2.2 is source-only; 0.0.10 has a wheel and pulls keras): building these first keeps the set
+    the one a normal install gets.  Best effort: a failure here leaves it to the restricted run.
+    """
+    _, report = _dry_run(requirement, sources.pip_args())
+    picks = []
+    for item in (report or {}).get("install", []):
+        if not item.get("is_direct") and not _file_of(item["download_info"]["url"]).endswith(".whl"):
+            picks.append(f"{item['metadata']['name']}=={item['metadata']['version']}")
+    return picks
+
+
 def resolve(requirement: str, target: Target, sources: Sources, built_dir: Path,
             given_dirs: set[Path], echo: Echo | None = None) -> list[Wheel]:
     """Every wheel that installs `requirement` on `target`; source-only dependencies are built
     into `built_dir` (which pip also searches) when the result suits the target."""
+    for pick in _source_only_picks(requirement, sources):
+        _build_missing(pick, target, sources, built_dir, echo)
+    args = [*target.pip_args(), *sources.pip_args(), "--find-links", str(built_dir)]
     for _ in range(MAX_BUILDS + 1):
-        with tempfile.TemporaryDirectory(prefix="cgconvert-resolve-") as tmp:
-            report_path = Path(tmp) / "report.json"
-            # --target: older pips take the platform options only with it (nothing is installed)
-            run = run_pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report",
-                           str(report_path), "--target", str(Path(tmp) / "target"),
-                           *target.pip_args(), *sources.pip_args(),
-                           "--find-links", str(built_dir), requirement])
-            if run.code == 0:
-                report = json.loads(report_path.read_text(encoding="utf-8"))
-                return _wheels_from_report(report, built_dir, given_dirs)
+        run, report = _dry_run(requirement, args)
+        if report is not None:
+            return _wheels_from_report(report, built_dir, given_dirs)
         missing = next((m.group(1) for line in run.lines if (m := _NO_MATCH.search(line))), None)
         if missing is None:
             text = "\n".join(run.lines)
@@ -325,7 +348,11 @@ def _build_missing(requirement: str, target: Target, sources: Sources, built_dir
     if canonicalize_name(name) == PADDLE_GPU:
         raise BundleError(f"{no_wheel}. {PADDLE_GPU_HINT}")
     if echo:
-        echo(f"{requirement}: no wheel on the index for the target; building one from its source")
+        echo(f"{requirement}: no wheel for the target; building one from its source archive")
+    for done in built_dir.glob("*.whl"):
+        if parse_wheel_filename(done.name)[0] == canonicalize_name(name):
+            raise BundleError(f"{no_wheel}; the wheel built from its source ({done.name}) does not "
+                              "satisfy it: bring one with --wheel FILE")
     with tempfile.TemporaryDirectory(prefix="cgconvert-build-") as tmp:
         run = run_pip(["wheel", "--no-deps", "--wheel-dir", tmp, *sources.pip_args(), requirement])
         built = sorted(Path(tmp).glob("*.whl"))
@@ -334,9 +361,9 @@ def _build_missing(requirement: str, target: Target, sources: Sources, built_dir
                               "or --platform, or bring the wheel with --wheel FILE")
         wheel = built[0]
         if not compatible(wheel.name, target.tags()):
-            raise BundleError(f"{no_wheel}; the wheel built here ({wheel.name}) is for this machine, "
-                              "not the target: build it on a machine like the target and pass "
-                              "--wheel FILE")
+            raise BundleError(f"{no_wheel}; the one to be had here ({wheel.name}) is for another "
+                              "interpreter or platform: build it on a machine like the target and "
+                              "pass --wheel FILE")
         shutil.move(str(wheel), built_dir / wheel.name)
 
 
