@@ -66,12 +66,13 @@ def test_engine_runs_from_the_offline_install(installed, full_bundle):
     run = subprocess.run([*no_network_prefix(), str(installed / "bin/python"), "-m", "engine",
                           str(full_bundle / TINY), "--prompt", "def add(a, b):",
                           "--max-new-tokens", "4"],
-                         env=offline_env(), capture_output=True, text=True, timeout=300)
+                         env=offline_env(), capture_output=True, text=True, timeout=300,
+                         cwd=installed)  # not the checkout: `-m engine` must find the installed one
     assert run.returncode == 0, run.stderr[-3000:]
     assert "completion_tokens=4" in run.stderr and "model=" in run.stderr
     run = subprocess.run([str(installed / "bin/python"), "-c", "import paddlenlp, engine, serve, "
                           "bench, convert; print(engine.__file__)"], env=offline_env(),
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, cwd=installed)
     assert run.returncode == 0, run.stderr[-3000:]
     assert str(installed) in run.stdout  # the installed workbench, not this checkout
 
@@ -79,7 +80,7 @@ def test_engine_runs_from_the_offline_install(installed, full_bundle):
 def test_verify_from_the_offline_install(installed, full_bundle):
     run = subprocess.run([*no_network_prefix(), str(installed / "bin/cgconvert"), "verify",
                           str(full_bundle)], env=offline_env(), capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, cwd=installed)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip().startswith("result: OK")
 

@@ -312,3 +312,14 @@ def test_expand_platform():
     assert "manylinux_2_28_x86_64" not in tags
     assert expand_platform("manylinux_2_28_aarch64")[0] == "manylinux_2_28_aarch64"
     assert expand_platform("win_amd64") == ("win_amd64",)
+
+
+def test_a_model_with_problems_leaves_the_bundle_unfinished(inputs, mirror, served_files, tmp_path):
+    mirror.files[WEIGHTS] = served_files[WEIGHTS][:-1000]  # a mirror holding a truncated copy
+    dest = tmp_path / "b"
+    res = bundle(inputs, dest, mirror=mirror)
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert any(line.startswith(f"{TINY}/{WEIGHTS}: ") and "fix:" in line for line in lines)
+    assert lines[-1].startswith(f"Error: {dest}: not finished (")
+    assert not (dest / "SHA256SUMS").exists()
