@@ -113,8 +113,9 @@ def _check_sums(dest: Path, report: VerifyReport) -> None:
 
 def _check_wheels(dest: Path, state, report: VerifyReport, check_install: bool) -> None:
     here = "%d.%d" % sys.version_info[:2]
-    tags = this_interpreter_tags()
-    best = next(iter(tags))
+    ordered = this_interpreter_tags()
+    tags = set(ordered)
+    best = next((t for t in ordered if t.platform.startswith("manylinux")), ordered[0])
     where = f"Python {here}, {best.platform}"
     made = f"the bundle was made for {state.target.describe()}"
     bad = 0

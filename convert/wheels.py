@@ -348,7 +348,7 @@ def _build_missing(requirement: str, target: Target, sources: Sources, built_dir
     if canonicalize_name(name) == PADDLE_GPU:
         raise BundleError(f"{no_wheel}. {PADDLE_GPU_HINT}")
     if echo:
-        echo(f"{requirement}: no wheel for the target; building one from its source archive")
+        echo(f"{requirement}: no wheel for the target; building one here from its source")
     for done in built_dir.glob("*.whl"):
         if parse_wheel_filename(done.name)[0] == canonicalize_name(name):
             raise BundleError(f"{no_wheel}; the wheel built from its source ({done.name}) does not "
@@ -376,8 +376,9 @@ def compatible(filename: str, tags: set[Tag]) -> bool:
     return not wheel_tags.isdisjoint(tags)
 
 
-def this_interpreter_tags() -> set[Tag]:
-    return set(sys_tags())
+def this_interpreter_tags() -> list[Tag]:
+    """The wheel tags the running interpreter installs, most specific first."""
+    return list(sys_tags())
 
 
 def download(wheels: list[Wheel], target: Target, sources: Sources, staging: Path,
