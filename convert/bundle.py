@@ -119,8 +119,10 @@ def _existing_state(dest: Path, target: Target) -> BundleState | None:
                               "or empty directory")
         return None
     if state.wheels and state.target != target:
-        raise BundleError(f"{dest}: holds a bundle for {state.target.describe()}, not "
-                          f"{target.describe()}; use a new directory for another target")
+        t = state.target
+        raise BundleError(f"{dest}: holds a bundle for {t.describe()}, not {target.describe()}; "
+                          f"give the same --target {t.name} --python {t.python} --platform "
+                          f"{t.platform} to fill it in, or a new directory for another target")
     return state
 
 

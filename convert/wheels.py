@@ -272,8 +272,10 @@ def _wheels_from_report(report: dict, built_dir: Path, given_dirs: set[Path]) ->
         if not file.endswith(".whl"):
             raise BundleError(f"{meta['name']} {meta['version']}: pip chose {file}, not a wheel; "
                               "pass a wheel for it with --wheel FILE")
-        hashes = info.get("archive_info", {}).get("hashes", {})
-        sha = hashes.get("sha256")
+        archive = info.get("archive_info", {})
+        legacy = archive.get("hash", "")  # "sha256=…" (pips before 22.3 give only this)
+        sha = archive.get("hashes", {}).get("sha256") or (
+            legacy.removeprefix("sha256=") if legacy.startswith("sha256=") else None)
         path = local_path(url)
         source = "index"
         if path is not None:
