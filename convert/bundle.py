@@ -36,6 +36,7 @@ from .wheels import (PADDLE_GPU, PADDLE_GPU_HINT, Echo, Sources, Target, Wheel,
 
 PROJECT = Path(__file__).resolve().parent.parent  # the checkout this module runs from
 _PYPI_FILES = "files.pythonhosted.org"
+DOWNLOAD_BATCH = 8  # wheels per pip download; each batch is put in place when it is complete
 
 
 @dataclass
@@ -221,11 +222,12 @@ def _complete_wheels(dest: Path, state: BundleState, target: Target, sources: So
         atomic_copy(src, path, OutputError)
         _check_hash(path, w)
         copied += 1
-    if remote:
-        if echo:
-            echo(f"downloading {len(remote)} wheel(s)")
-        download(remote, target, sources, staging, echo)
-        for w in remote:
+    if remote and echo:
+        echo(f"downloading {len(remote)} wheel(s)")
+    for start in range(0, len(remote), DOWNLOAD_BATCH):  # what a batch finished is kept
+        batch = remote[start:start + DOWNLOAD_BATCH]
+        download(batch, target, sources, staging, echo)
+        for w in batch:
             got = staging / w.file
             if not got.is_file():
                 raise BundleError(f"{got}: pip did not download it; run the same command again")

@@ -20,7 +20,8 @@ from bundle_fakes import (BASE_PYTHON, make_project, make_wheel, make_wheelhouse
 from convert.bundle_layout import files_in, read_sums
 from convert.cli import main
 from convert.wheels import expand_platform
-from loopback import FakeMirror
+from convert import bundle as bundle_module
+from loopback import FakeIndex, FakeMirror
 
 WEIGHTS = "model_state.pdparams"
 TINY = "models/codegen-tiny"
@@ -323,3 +324,44 @@ def test_a_model_with_problems_leaves_the_bundle_unfinished(inputs, mirror, serv
     assert any(line.startswith(f"{TINY}/{WEIGHTS}: ") and "fix:" in line for line in lines)
     assert lines[-1].startswith(f"Error: {dest}: not finished (")
     assert not (dest / "SHA256SUMS").exists()
+
+
+def test_wheels_from_an_http_index_survive_an_interruption(inputs, tmp_path, monkeypatch):
+    index = FakeIndex(sorted(inputs["wheels"].glob("*.whl")))
+    monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))  # this test's own cache
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setattr(bundle_module, "DOWNLOAD_BATCH", 1)
+    dest = tmp_path / "b"
+    args = ["bundle", str(dest), "--index-url", f"{index.url}/simple", "--project",
+            str(inputs["project"])]
+    real_download, calls = bundle_module.download, []
+
+    def download(batch, *args, **kwargs):  # the connection drops in the first run's download
+        calls.append([w.name for w in batch])
+        if calls == [["fakecpu"], ["fakedep"]]:
+            index.broken.add("fakedep-1.0-py3-none-any.whl")
+        return real_download(batch, *args, **kwargs)
+
+    monkeypatch.setattr(bundle_module, "download", download)
+    try:
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 1
+        last = res.output.strip().splitlines()[-1]
+        assert last.startswith("Error: pip failed while downloading 1 wheel(s): ")
+        assert last.endswith("then run the same command again")
+        assert (dest / "wheels/fakecpu-2.0-py3-none-any.whl").is_file()  # its batch was complete
+        assert not (dest / "wheels/fakedep-1.0-py3-none-any.whl").exists()
+        assert not (dest / "SHA256SUMS").exists()
+        wheels = {w["name"]: w for w in json.loads((dest / "bundle.json").read_text())["wheels"]}
+        assert wheels["fakedep"]["url"] == f"{index.url}/files/fakedep-1.0-py3-none-any.whl"
+
+        index.broken.clear()
+        index.requests.clear()
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+        assert index.requests == ["/files/fakedep-1.0-py3-none-any.whl"]  # no new resolution
+        assert calls[-1] == ["fakedep"]
+        assert "1 fetched now" in res.output
+        assert verify(dest).exit_code == 0
+    finally:
+        index.close()
