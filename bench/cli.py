@@ -269,6 +269,29 @@ def load(url, concurrency, requests, prompt_tokens, max_tokens, stream, model, t
         raise SystemExit(1)
 
 
+@main.command("load-ab")
+@click.option("--server", "servers", multiple=True, required=True,
+              help="LABEL=URL of a running server; give it twice (e.g. batching=http://"
+                   "127.0.0.1:8001 and off=http://127.0.0.1:8002, off started with --max-batch 1).")
+@click.option("--scenario", "scenarios", multiple=True, required=True,
+              help="NAME:CONCURRENCY:REQUESTS:PROMPT_TOKENS:MAX_TOKENS, repeatable "
+                   "(e.g. decode:8:16:128:64).")
+@click.option("--rounds", default=2, show_default=True, type=int,
+              help="Rounds; each runs every scenario against both servers, order alternating.")
+@click.option("--model", default="", help="`model` field of each request.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write rounds.csv, summary.csv, summary.json, env.json here.")
+@user_errors
+def load_ab(servers, scenarios, rounds, model, out):
+    """The same load scenarios against two servers, alternating round by round, in one run:
+    per scenario the median over rounds and the first server's ratio to the second."""
+    from .load.ab import Scenario, parse_server, render_ab, run_ab
+
+    table = run_ab([parse_server(s) for s in servers], [Scenario.parse(s) for s in scenarios],
+                   rounds, out, model, log=lambda line: click.echo(line, err=True))
+    click.echo(render_ab(table))
+
+
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--url", help="A running cgserve (base URL, e.g. http://127.0.0.1:8978).")

@@ -18,33 +18,41 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 FORMATS = ("safetensors", "pdparams")
 
 
-class ProgressLine:
-    """One self-overwriting line on stderr per file (only when stderr is a terminal, or forced)."""
+class Progress:
+    """tqdm bars on stderr, only when stderr is a terminal (or `enabled` forces them on or off).
+
+    `bytes(name, done, total)` drives one bar per file (downloads); `tensor(name, nbytes)` one bar
+    for all the weights a conversion writes.
+    """
 
     def __init__(self, enabled: bool | None = None):
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._last = 0.0
-        self._name = None
+        self._bar = None
+        self._name: str | None = None
         self._done = 0
 
     def bytes(self, name: str, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if not self.enabled or (name == self._name and now - self._last < 0.2 and done != total):
+        if not self.enabled:
             return
-        if self._name not in (None, name):
-            click.echo("", err=True)
-        self._name, self._last = name, now
-        pct = f" {100 * done / total:5.1f}%" if total else ""
-        of = f" / {total / 1e6:,.1f}" if total else ""
-        click.echo(f"\r  {name}: {done / 1e6:,.1f}{of} MB{pct}", err=True, nl=False)
+        if name != self._name:
+            from tqdm import tqdm
+
+            self.close()
+            self._name = name
+            self._bar = tqdm(desc=f"  {name}", total=total, initial=done, unit="B",
+                             unit_scale=True, unit_divisor=1000, file=sys.stderr,
+                             dynamic_ncols=True, mininterval=0.2, disable=False)
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)
 
     def tensor(self, name: str, nbytes: int) -> None:
         self._done += nbytes
         self.bytes("weights", self._done, None)
 
     def close(self) -> None:
-        if self.enabled and self._name is not None:
-            click.echo("", err=True)
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._name = None, None
 
 
 def _exit(code: int) -> None:
@@ -136,7 +144,7 @@ def from_hf(src: Path, dst: Path, dtype: str, fmt: str, verify: bool, verify_tok
     from .hf import convert_hf
 
     started = time.perf_counter()
-    progress = ProgressLine()
+    progress = Progress()
     try:
         result = convert_hf(src, dst, dtype=dtype, fmt=fmt, progress=progress.tensor)
     finally:
@@ -162,7 +170,7 @@ def cast(src: Path, dst: Path, dtype: str, fmt: str | None, verify: bool, verify
     from .cast import cast_dir
 
     started = time.perf_counter()
-    progress = ProgressLine()
+    progress = Progress()
     try:
         result = cast_dir(src, dst, dtype, fmt, progress=progress.tensor)
     finally:
@@ -187,7 +195,7 @@ def fetch(variant: str, dest: Path, base_url: str | None, timeout: float, as_jso
     """Download VARIANT's files into DEST (resumable), write a sha256 manifest, then inspect DEST."""
     from .fetch import DEFAULT_BASE_URL, fetch_variant
 
-    progress = ProgressLine()
+    progress = Progress()
     try:
         result = fetch_variant(variant, dest, base_url or DEFAULT_BASE_URL, progress.bytes, timeout)
     finally:
@@ -197,3 +205,83 @@ def fetch(variant: str, dest: Path, base_url: str | None, timeout: float, as_jso
             f"resumed at {f.resumed_from:,} bytes" if f.resumed_from else "downloaded")
         click.echo(f"{f.name}: {f.bytes:,} bytes, {how}, sha256 {f.sha256}", err=True)
     _exit(_print_inspect(dest, as_json, hash_files=False))
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@main.command()
+@click.argument("dest", type=_NEW)
+@click.option("--target", type=click.Choice(("cpu", "gpu")), default="cpu", show_default=True,
+              help="cpu: paddlepaddle from PyPI; gpu: paddlepaddle-gpu, a wheel you bring.")
+@click.option("--python", "python_version", default="3.11", show_default=True,
+              help="The offline machine's Python (MAJOR.MINOR).")
+@click.option("--platform", default="manylinux2014_x86_64", show_default=True,
+              help="The offline machine's pip platform tag: manylinux2014_x86_64 (glibc 2.17+), "
+                   "manylinux_2_28_x86_64 (glibc 2.28+), ...")
+@click.option("--variant", "variants", multiple=True,
+              help="A model to add (repeatable), e.g. 16B-multi; fetched as `fetch` does.")
+@click.option("--base-url", default=None, envvar="CGCONVERT_BASE_URL",
+              help="Model download base or mirror (default: PaddleNLP's official base).")
+@click.option("--find-links", multiple=True, metavar="DIR",
+              help="Also take wheels from DIR (repeatable), e.g. Paddle GPU wheels you downloaded.")
+@click.option("--wheel", "wheel_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Add this wheel file (repeatable).")
+@click.option("--extra-index-url", multiple=True, metavar="URL",
+              help="Another package index (repeatable), e.g. Paddle's GPU index for your CUDA.")
+@click.option("--index-url", default=None, metavar="URL", help="Package index instead of pip's.")
+@click.option("--no-index", is_flag=True, help="Take wheels only from --find-links and --wheel.")
+@click.option("--project", type=_DIR, default=None,
+              help="Workbench checkout to build its wheel from (default: the one running).")
+@click.option("--timeout", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
+              help="Seconds without data before a model download counts as interrupted.")
+@user_errors
+def bundle(dest: Path, target: str, python_version: str, platform: str, variants: tuple[str, ...],
+           base_url: str | None, find_links: tuple[str, ...], wheel_files: tuple[Path, ...],
+           extra_index_url: tuple[str, ...], index_url: str | None, no_index: bool,
+           project: Path | None, timeout: float) -> None:
+    """Put the workbench's wheels for a target, models and an installer into DEST (for the
+    offline side), checked by SHA256SUMS. Run again to fill in what is missing."""
+    from .bundle import PROJECT, make_bundle
+    from .wheels import Sources, Target
+
+    sources = Sources(no_index, index_url, extra_index_url,
+                      tuple(str(Path(d).resolve()) if Path(d).is_dir() else d for d in find_links))
+    progress = Progress()
+    try:
+        result = make_bundle(dest, Target(target, python_version, platform), sources, wheel_files,
+                             variants, base_url, project or PROJECT, progress.bytes, timeout,
+                             _echo_err)
+    finally:
+        progress.close()
+    for line in result.problems:
+        click.echo(line, err=True)
+    if not result.ok:
+        raise click.ClickException(f"{dest}: not finished ({len(result.problems)} model "
+                                   "problem(s) above); fix them and run the same command again")
+    for name in result.extra:
+        click.echo(f"{dest / name}: not part of the bundle (verify will flag it); remove it", err=True)
+    s = result.state
+    models = ", ".join(sorted(s.models)) or "no models"
+    click.echo(f"{dest}: {s.target.describe()}: {len(s.wheels)} wheels "
+               f"({result.wheel_bytes() / 1e6:,.1f} MB, {result.fetched_wheels} fetched now), "
+               f"{models}; {result.files} files in SHA256SUMS")
+    click.echo(f"next: copy {dest} to the offline machine, run `sh install.sh` there, then "
+               "`cgconvert verify .` (see README.txt)")
+
+
+@main.command()
+@click.argument("dest", type=_DIR)
+@click.option("--no-install-check", is_flag=True,
+              help="Skip pip's dry-run install of the wheel set (checksums and models only).")
+@user_errors
+def verify(dest: Path, no_install_check: bool) -> None:
+    """Check a bundle DEST on the offline side: every checksum, missing or extra files, the wheel
+    set for this interpreter, each model. Exit 0 when all is good, 1 when problems were found."""
+    from .bundle_verify import verify_bundle
+
+    report = verify_bundle(dest, check_install=not no_install_check)
+    click.echo(report.render())
+    _exit(EXIT_OK if report.ok else EXIT_PROBLEMS)

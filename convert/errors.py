@@ -18,3 +18,7 @@ class FetchError(EngineError):
 
 class VerifyError(EngineError):
     """The converted model's logits disagree with the source's beyond the threshold."""
+
+
+class BundleError(EngineError):
+    """A bundle cannot be made (no wheel for the target, a bad option) or is not a bundle."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import re
 import socket
 import time
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from engine.atomic import replace_durably
 from engine.variants import Variant, get_variant
 
 from .configs import write_config
@@ -101,7 +101,7 @@ def fetch_file(url: str, dest: Path, progress: Progress | None = None,
         if e.code == 416 and have:  # the .part is already whole (or longer than the file)
             match = re.match(r"bytes \*/(\d+)", e.headers.get("Content-Range", ""))
             if match and int(match.group(1)) == have:
-                os.replace(part, dest)
+                replace_durably(part, dest)
                 return FetchedFile(dest.name, have, _sha256(dest), resumed_from=have)
             part.unlink()
             raise FetchError(f"{url}: the partial download does not match the server's file; it "
@@ -146,7 +146,11 @@ def fetch_file(url: str, dest: Path, progress: Progress | None = None,
                          f"{_resume_hint(part)}")
     if size == 0:
         raise FetchError(f"{url}: the server sent an empty file; check --base-url")
-    os.replace(part, dest)
+    try:
+        replace_durably(part, dest)
+    except OSError as e:
+        raise OutputError(f"{dest}: cannot put the finished download in place ({e.strerror}); check "
+                          f"free space and permissions; {_resume_hint(part)}") from None
     return FetchedFile(dest.name, size, digest.hexdigest(), resumed_from=resumed)
 
 

@@ -2,22 +2,20 @@
 
 A converted model is built in a temporary directory next to the destination and renamed into place
 at the end (:func:`staging_dir`); a single file in an existing directory goes through a temporary
-name and ``os.replace`` (:func:`atomic_write_bytes`).  Weight files are written piece by piece
+name and ``os.replace`` (:func:`atomic_write_bytes`); both are :mod:`engine.atomic`'s, with
+cgconvert's error type.  Weight files are written piece by piece
 from lazy producers (:class:`OutTensor`), a worker thread producing the next pieces while one is
 written, so a conversion holds a few pieces at a time, not the whole model.
 """
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import math
 import os
 import pickle
 import queue
-import shutil
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,8 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 
-from engine.weights import NAME_TABLE, atomic_write
+from engine import atomic
+from engine.weights import NAME_TABLE
 
 from .errors import OutputError
 from .tensors import PANEL_BYTES
@@ -227,40 +226,14 @@ def _check_size(t: OutTensor, written: int) -> None:
         raise AssertionError(f"{t.name}: produced {written} bytes, declared {t.nbytes}")
 
 
-def _os_error(path: Path, exc: OSError) -> OutputError:
-    return OutputError(f"{path}: writing failed ({exc.strerror or exc}); check free space and "
-                       "permissions (nothing was left half-written)")
-
-
-@contextlib.contextmanager
-def staging_dir(dst: Path) -> Iterator[Path]:
-    """Yield a temporary directory next to `dst`; rename it to `dst` on success, remove it on error."""
-    if dst.exists():
-        raise OutputError(f"{dst}: already exists; choose a new output directory or remove it "
-                          "first (nothing was written)")
-    parent = dst.parent
-    if not parent.is_dir():
-        raise OutputError(f"{parent}: no such directory; create it first (nothing was written)")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
-    except OSError as e:
-        raise OutputError(f"{parent}: cannot create a directory there ({e.strerror}); check its "
-                          "permissions (nothing was written)") from None
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, dst)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise _os_error(dst, e) from None
-        raise
+def staging_dir(dst: Path):
+    """A new directory built in a hidden temporary one next to `dst` (see engine.atomic)."""
+    return atomic.staging_dir(dst, OutputError)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory, then rename."""
-    with atomic_write(path, OutputError) as f:
-        f.write(data)
+    atomic.atomic_write_bytes(path, data, OutputError)
 
 
 def json_bytes(data: dict) -> bytes:

@@ -16,6 +16,7 @@ import numpy as np
 from .batch import Batch, Request
 from .errors import OptionError
 from .interface import check_model
+from .runtime import available_memory_bytes
 from .prefix_cache import PrefixCache
 from .reuse import PREFILL_CHUNK, WARM_CHUNK, Prompts  # noqa: F401 - re-exported
 from .sampling import SamplingParams
@@ -55,6 +56,20 @@ def fit_prompt(ids: list[int], params: SamplingParams, context_length: int,
     return ids[cut:], cut
 
 
+KV_MEMORY_SHARE = 0.5  # of the memory free after loading, at most, for running KV caches
+
+
+def default_kv_budget(max_batch: int, context_bytes: int, available: int | None,
+                      prefix_cache_bytes: int) -> int:
+    """What running requests may reserve when --kv-cache-mb is not given: `max_batch` full
+    contexts, but at most half the memory free after loading (less the prefix cache's budget),
+    and never less than one full context (one request of any length always runs)."""
+    budget = max_batch * context_bytes
+    if available is not None:
+        budget = min(budget, int(KV_MEMORY_SHARE * available) - prefix_cache_bytes)
+    return max(context_bytes, budget)
+
+
 class Stream:
     """Iterate for `TokenEvent`s; `result` is set once the iteration ends."""
 
@@ -88,7 +103,9 @@ class Generator:
         self.prefix_cache = (PrefixCache(prefix_cache_bytes, self.model.release)
                              if prefix_cache_bytes > 0 else None)
         if kv_cache_bytes is None:
-            kv_cache_bytes = max_batch * context_bytes
+            kv_cache_bytes = default_kv_budget(max_batch, context_bytes,
+                                               available_memory_bytes(self.model.device),
+                                               prefix_cache_bytes)
         self.prompts = Prompts(self.model, self.prefix_cache, self.context_length)
         self.sampler = Sampler(self.tokenizer, self.config.arch.vocab_size,
                                self.config.eos_token_id)

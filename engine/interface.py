@@ -29,6 +29,7 @@ Calls and their contracts:
 - `reserve(cache, tokens)`: capacity for `tokens` more positions (prefill and decode reserve
   by themselves; this lets a caller allocate ahead).
 - `release(cache)`: give the cache's memory back now; the cache must not be used again.
+- `config`, `device`: the model's configuration and where its caches live.
 - `kv_bytes_per_token()`: bytes one position of one sequence costs (all layers, K and V; under
   tensor parallelism, on one rank).  `param_count()`; `logits(ids)`: every position's logits of
   one prompt, for checks.
@@ -75,6 +76,7 @@ class Prefill:
 @runtime_checkable
 class Model(Protocol):
     config: object  # engine.config.ModelConfig
+    device: object  # engine.runtime.Device (rank 0's, under tensor parallelism)
 
     def new_cache(self) -> KVCache: ...
 

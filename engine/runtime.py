@@ -180,3 +180,28 @@ def activate_device(device: Device, dtype: str) -> None:
         if major < 8:
             raise OptionError(f"dtype bfloat16 needs compute capability 8.0 or newer; {device} has "
                               f"{major}.x: use --dtype float16 or float32")
+
+
+def available_memory_bytes(device: Device) -> int | None:
+    """Memory free for KV caches on `device` now: MemAvailable on CPU, the GPU's free memory
+    (NVML) on a GPU; None when it cannot be read."""
+    if device.kind == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index)
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVML (driver, library): the caller falls back
+        return None

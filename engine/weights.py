@@ -1,5 +1,7 @@
 """Safe reading and atomic writing of weight files (``.pdparams`` and ``.safetensors``).
 
+Writes go through :mod:`engine.atomic` (a temporary name, then rename).
+
 Nothing in a weight file is ever executed: pickles go through an allow-list unpickler (numpy array
 reconstruction, ``OrderedDict``, ``tuple``, latin-1 bytes; no fallback), safetensors are parsed by hand.
 
@@ -16,19 +18,18 @@ widened exactly to float32 (bits << 16); :func:`describe_weights` reports them a
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Union
+from typing import Any, Union
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import WeightFileError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -310,38 +311,6 @@ def _checked(path: Path, tensors: dict[str, np.ndarray], contiguous: bool) -> di
     return out
 
 
-@contextlib.contextmanager
-def atomic_write(path: Path, error_type: type[Exception] = WeightFileError) -> Iterator[IO[bytes]]:
-    """Write to a temp file in the same directory, fsync, then os.replace; clean up on failure.
-
-    OS errors (no space, no permission) become one-line `error_type` errors naming `path`."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise error_type(f"{path}: cannot create a file there ({e.strerror}); "
-                         "check that the directory exists and is writable") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise error_type(f"{path}: writing failed ({e.strerror or e}); check free space and "
-                             "permissions, the old file (if any) is untouched") from None
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable too
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 def write_pdparams(path: PathLike, tensors: dict[str, np.ndarray]) -> None:
     """Atomically write a state_dict as ``paddle.save`` does (protocol 4, with a name table).
 
@@ -350,7 +319,7 @@ def write_pdparams(path: PathLike, tensors: dict[str, np.ndarray]) -> None:
     p = Path(path)
     state: dict[str, Any] = dict(_checked(p, tensors, contiguous=False))
     state[NAME_TABLE] = {name: name for name in tensors}
-    with atomic_write(p) as f:
+    with atomic_write(p, WeightFileError) as f:
         pickle.dump(state, f, protocol=4)
 
 
@@ -374,7 +343,7 @@ def write_safetensors(path: PathLike, tensors: dict[str, np.ndarray],
         offset += arr.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    with atomic_write(p) as f:
+    with atomic_write(p, WeightFileError) as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for arr in arrays.values():

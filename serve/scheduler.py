@@ -87,6 +87,10 @@ class Scheduler:
             self.batch.kv_budget_bytes = int(kv_cache_bytes)
         self.max_batch = self.batch.max_batch
         self.kv_cache_bytes = self.batch.kv_budget_bytes
+        cache = generator.prefix_cache
+        log.info("batching up to %d sequences, KV cache budget %.0f MB for running requests "
+                 "(--kv-cache-mb), prefix cache %.0f MB (--prefix-cache-mb)", self.max_batch,
+                 (self.kv_cache_bytes or 0) / 2**20, (cache.budget_bytes if cache else 0) / 2**20)
         # warm-ups need a prefix cache to keep what they compute
         self.speculate = bool(speculate and lines_ahead > 0
                               and generator.prefix_cache is not None)

@@ -2,7 +2,7 @@
 
 Past 150 lines the Fauxpilot extension sends the document's first 31 lines, the 119
 lines before the cursor's line, and the cursor's line up to the cursor (see
-bench/typing_session.py `fauxpilot_prompt`).  On the next line the window moves down
+bench/typing/session.py `fauxpilot_prompt`).  On the next line the window moves down
 by one: its first line goes, the line now being typed comes in, complete.  So the
 next line's prompt starts with the head plus the window without its first line,
 ending where the current line starts; only the current line (unfinished) and the new

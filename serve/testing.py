@@ -16,6 +16,7 @@ import numpy as np
 from engine.config import config_from_dict
 from engine.generate import GenerationResult, Generator
 from engine.interface import KVCache, Prefill
+from engine.runtime import Device
 from engine.model import LoadedModel
 from engine.tokenizer import ByteTokenizer as _EngineByteTokenizer
 from engine.variants import TINY
@@ -48,6 +49,7 @@ class ByteScriptModel:
                  started: threading.Event, vocab: int):
         self.script, self.step_s, self.gate, self.started = script, step_s, gate, started
         self.vocab = vocab
+        self.device = Device("cpu")
 
     def _row(self, step: int) -> np.ndarray:
         row = np.full(self.vocab, -1e4, np.float32)

@@ -32,6 +32,21 @@ def isolated_env():
         yield
 
 
+def pytest_addoption(parser):
+    parser.addoption("--bundle-full", action="store_true",
+                     help="also build, install and run a full cpu bundle (tests marked bundle_full: "
+                          "~400 MB of wheels from the package index, a few minutes)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--bundle-full"):
+        return
+    skip = pytest.mark.skip(reason="the full wheel-set bundle runs with --bundle-full")
+    for item in items:
+        if "bundle_full" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
     """The same tiny random model in three layouts: modern pdparams, legacy, safetensors."""

@@ -8,6 +8,7 @@ import numpy as np
 from engine.config import config_from_dict
 from engine.generate import Generator
 from engine.interface import KVCache, Prefill
+from engine.runtime import Device
 from engine.model import LoadedModel
 from engine.variants import TINY
 
@@ -27,6 +28,7 @@ class ScriptedModel:
         self.decodes = 0
         self.rows_per_decode: list[int] = []
         self.released = 0
+        self.device = Device("cpu")
 
     def _row(self, step: int) -> np.ndarray:
         row = np.zeros(self.vocab, np.float32)

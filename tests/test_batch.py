@@ -227,3 +227,13 @@ def test_generate_from_two_threads_batches_them():
         t.join(30)
     assert [r.completion_tokens for r in results.values()] == [40, 40]
     assert max(gen.model.rows_per_decode) == 2  # the two callers shared decode steps
+
+
+def test_default_kv_budget_fits_the_memory_left():
+    from engine.generate import default_kv_budget
+
+    context = 100
+    assert default_kv_budget(8, context, None, 0) == 800  # unknown memory: max_batch contexts
+    assert default_kv_budget(8, context, 10_000, 0) == 800
+    assert default_kv_budget(8, context, 1_000, 100) == 400  # half of what is free, less the prefix cache
+    assert default_kv_budget(8, context, 10, 0) == 100  # one full context always runs

@@ -3,75 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import builders
+from loopback import FakeMirror, closed_port
 from convert.cli import main
 from convert.fetch import FETCH_FILES, fetch_variant
 
 WEIGHTS = "model_state.pdparams"
-
-
-class FakeMirror:
-    """Serves `files` under /codegen-tiny/; can cut a response short or ignore Range."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files = files
-        self.requests: list[tuple[str, str | None]] = []
-        self.cut_after: dict[str, int] = {}  # name -> bytes sent before the connection drops
-        self.ignore_range = False
-        mirror = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                name = self.path.rsplit("/", 1)[-1]
-                rng = self.headers.get("Range")
-                mirror.requests.append((name, rng))
-                body = mirror.files.get(name) if self.path.startswith("/codegen-tiny/") else None
-                if body is None:
-                    self.send_error(404, "Not Found")
-                    return
-                start = 0
-                if rng and not mirror.ignore_range:
-                    start = int(rng.removeprefix("bytes=").split("-")[0])
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(body)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                cut = mirror.cut_after.pop(name, None)
-                if cut is not None:
-                    self.wfile.write(body[start:start + cut])
-                    self.wfile.flush()
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    self.close_connection = True
-                    return
-                self.wfile.write(body[start:])
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +117,6 @@ def test_damaged_download_is_flagged_by_inspect(mirror, served_files, tmp_path):
 def test_unknown_variant_and_unreachable_server(tmp_path):
     res = CliRunner().invoke(main, ["fetch", "350M-mnoo", str(tmp_path / "d")])
     assert res.exit_code == 1 and "did you mean '350M-mono'" in res.output
-    with socket.socket() as s:  # a loopback port with nobody listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     res = CliRunner().invoke(main, ["fetch", "tiny", str(tmp_path / "d"), "--base-url",
-                                    f"http://127.0.0.1:{port}", "--timeout", "5"])
+                                    f"http://127.0.0.1:{closed_port()}", "--timeout", "5"])
     assert res.exit_code == 1 and "cannot download" in res.output

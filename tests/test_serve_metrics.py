@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.typing_replay import read_metrics
-from bench.typing_run import METRICS as TYPING_METRICS
+from bench.typing.replay import read_metrics
+from bench.typing.run import METRICS as TYPING_METRICS
 from serve.metrics import Metrics, cache_reading
 from serve.testing import FakeGenerator, LiveServer, make_result
 
