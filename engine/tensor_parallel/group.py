@@ -89,6 +89,7 @@ class Group:
         self.followers: list[Follower] = []
         self.failure: str | None = None  # one line once a follower is lost
         self.closing = False
+        self.ready = False  # every rank has loaded its shard
         self._step_started: float | None = None
         self._lock = threading.Lock()
         self._watchdog: threading.Thread | None = None

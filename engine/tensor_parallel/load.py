@@ -43,7 +43,7 @@ def parse_devices(text: str, world: int) -> tuple[str, list[int] | None]:
                       "cpu, gpu (GPUs 0..N-1) or a list like gpu:0,1")
 
 
-def model_config(spec: str, tokenizer_dir: str | None = None):
+def model_config(spec: str):
     """The config of `random:<variant>` or of a model directory (nothing else is read)."""
     from ..config import config_from_dict, load_config
     from ..variants import get_variant
