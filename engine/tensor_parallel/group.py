@@ -9,7 +9,7 @@ Rank r uses GPU `devices[r]`.
 
 Liveness: each follower writes a heartbeat byte to a pipe every HEARTBEAT_S; rank 0's watchdog
 reads them.  A follower that exits (EOF), stops beating for HEARTBEAT_TIMEOUT_S, or leaves a
-collective step unfinished for STEP_TIMEOUT_S is a failure: rank 0 logs one line, marks the
+collective step unfinished for STEP_TIMEOUT_S (CGW_TP_STEP_TIMEOUT) is a failure: rank 0 logs one line, marks the
 group failed (cgserve then answers 503), kills the other followers and exits with
 EXIT_FOLLOWER_LOST after EXIT_DELAY_S.  A follower whose heartbeat write fails (rank 0 died)
 exits at once, so no follower outlives rank 0.  Followers ignore SIGINT/SIGTERM (a terminal's
@@ -33,7 +33,9 @@ log = logging.getLogger("engine.tp")
 
 HEARTBEAT_S = 1.0
 HEARTBEAT_TIMEOUT_S = float(os.environ.get("CGW_TP_HEARTBEAT_TIMEOUT", "10"))
-STEP_TIMEOUT_S = float(os.environ.get("CGW_TP_STEP_TIMEOUT", "120"))
+# One call (a decode step, a 512-token prompt chunk: ~1-2 s for 16B on a P40) past this is a
+# hang: on GPUs within 30 s of it the server has answered 503 and exited; CPUs are far slower.
+STEP_TIMEOUT_S = {"gpu": 20.0, "cpu": 120.0}
 CONNECT_TIMEOUT_S = float(os.environ.get("CGW_TP_CONNECT_TIMEOUT", "600"))  # followers' loading
 EXIT_DELAY_S = float(os.environ.get("CGW_TP_EXIT_DELAY", "3"))  # answer 503 this long, then exit
 EXIT_FOLLOWER_LOST = 3
@@ -91,6 +93,7 @@ class Group:
         self.closing = False
         self.ready = False  # every rank has loaded its shard
         self._step_started: float | None = None
+        self.step_timeout_s = float(os.environ.get("CGW_TP_STEP_TIMEOUT", 0)) or STEP_TIMEOUT_S[device]
         self._lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self.on_failure = None  # optional callback(message), e.g. to stop a server
@@ -150,9 +153,9 @@ class Group:
                     return self.fail(f"follower rank {f.rank} (pid {f.process.pid}) stopped "
                                      f"answering (no heartbeat for {HEARTBEAT_TIMEOUT_S:g} s)")
             started = self._step_started
-            if started is not None and now - started > STEP_TIMEOUT_S and not self.closing:
+            if started is not None and now - started > self.step_timeout_s and not self.closing:
                 return self.fail(f"a tensor-parallel step has not finished after "
-                                 f"{STEP_TIMEOUT_S:g} s: a follower hangs")
+                                 f"{self.step_timeout_s:g} s: a follower hangs")
 
     def exited_follower(self, wait_s: float = 0.0) -> str | None:
         """'follower rank r (pid p) exited with code c' for a follower that has exited (waiting
