@@ -96,6 +96,10 @@ def tensor_parallel_need_mb(size: str, dtype: str, context: int, batch: int, wor
     return (weights + kv + scores + mlp) / MiB + CUDA_CONTEXT_MB
 
 
+def _split_gib(size: str, dtype: str, context: int, batch: int, world: int) -> float:
+    return tensor_parallel_need_mb(size, dtype, context, batch, world) / 1024
+
+
 def split_ways(size: str, gpus: int) -> list[int]:
     """Tensor-parallel widths this variant can run at on `gpus` GPUs (more than one)."""
     arch = ARCHITECTURES[size] if size != "tiny" else TINY.arch
@@ -181,15 +185,16 @@ def recommend(rows: list[dict] | pd.DataFrame, env: dict, memory_mb: float, gpus
                     split = tensor_parallel_need_mb(size, dtype, context, batch, world)
                     if split <= memory_mb * HEADROOM:
                         c.fits = c.split_fits = True
-                        c.need_mb, c.how, c.tensor_parallel = split, f"estimated, {world}-way split", world
+                        c.need_mb, c.tensor_parallel = split, world
+                        c.how = f"estimated, {world}-way split"
                         break
             if not c.fits:
                 ways = split_ways(size, gpus)
                 c.reasons.append(f"needs {need / 1024:.1f} GiB ({how}) > {HEADROOM:.0%} of "
                                  f"{memory_mb / 1024:.0f} GiB" + (
                                      f"; split {ways[-1]} ways still "
-                                     f"{tensor_parallel_need_mb(size, dtype, context, batch, ways[-1]) / 1024:.1f}"
-                                     f" GiB per GPU" if ways else ""))
+                                     f"{_split_gib(size, dtype, context, batch, ways[-1]):.1f} "
+                                     "GiB per GPU" if ways else ""))
             c.ttft_ms, c.tpot_ms, c.latency_how = _latency(points, size, dtype, prompt, gpu_name, run_gpu)
             if c.tensor_parallel > 1 and c.tpot_ms is not None:  # each GPU reads its shard
                 arch = ARCHITECTURES[size]

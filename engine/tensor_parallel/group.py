@@ -9,9 +9,9 @@ Rank r uses GPU `devices[r]`.
 
 Liveness: each follower writes a heartbeat byte to a pipe every HEARTBEAT_S; rank 0's watchdog
 reads them.  A follower that exits (EOF), stops beating for HEARTBEAT_TIMEOUT_S, or leaves a
-collective step unfinished for STEP_TIMEOUT_S (CGW_TP_STEP_TIMEOUT) is a failure: rank 0 logs one line, marks the
-group failed (cgserve then answers 503), kills the other followers and exits with
-EXIT_FOLLOWER_LOST after EXIT_DELAY_S.  A follower whose heartbeat write fails (rank 0 died)
+collective step unfinished for STEP_TIMEOUT_S (CGW_TP_STEP_TIMEOUT) is a failure: rank 0 logs
+one line, marks the group failed (cgserve then answers 503), kills the other followers and
+exits with EXIT_FOLLOWER_LOST after EXIT_DELAY_S.  A follower whose heartbeat write fails (rank 0 died)
 exits at once, so no follower outlives rank 0.  Followers ignore SIGINT/SIGTERM (a terminal's
 Ctrl-C or a service manager signals the whole group): rank 0 stops them when it stops.
 """
@@ -93,7 +93,8 @@ class Group:
         self.closing = False
         self.ready = False  # every rank has loaded its shard
         self._step_started: float | None = None
-        self.step_timeout_s = float(os.environ.get("CGW_TP_STEP_TIMEOUT", 0)) or STEP_TIMEOUT_S[device]
+        self.step_timeout_s = (float(os.environ.get("CGW_TP_STEP_TIMEOUT", 0))
+                               or STEP_TIMEOUT_S[device])
         self._lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self.on_failure = None  # optional callback(message), e.g. to stop a server

@@ -62,8 +62,8 @@ def check_world(arch: Architecture, world: int, source: str = "the model",
     elif arch.inner_dim % world:
         reasons.append(f"the MLP's {arch.inner_dim} columns do not split {world} ways")
     if reasons:
-        raise OptionError(f"{option} {world}: {source} cannot be split {world} ways ({reasons[0]}); "
-                          "use 1, 2 or 4")
+        raise OptionError(f"{option} {world}: {source} cannot be split {world} ways "
+                          f"({reasons[0]}); use 1, 2 or 4")
 
 
 @dataclass(frozen=True)
