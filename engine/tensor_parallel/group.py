@@ -11,9 +11,9 @@ Liveness: each follower writes a heartbeat byte to a pipe every HEARTBEAT_S; ran
 reads them.  A follower that exits (EOF), stops beating for HEARTBEAT_TIMEOUT_S, or leaves a
 collective step unfinished for STEP_TIMEOUT_S (CGW_TP_STEP_TIMEOUT) is a failure: rank 0 logs
 one line, marks the group failed (cgserve then answers 503), kills the other followers and
-exits with EXIT_FOLLOWER_LOST after EXIT_DELAY_S.  A follower whose heartbeat write fails (rank 0 died)
-exits at once, so no follower outlives rank 0.  Followers ignore SIGINT/SIGTERM (a terminal's
-Ctrl-C or a service manager signals the whole group): rank 0 stops them when it stops.
+exits with EXIT_FOLLOWER_LOST after EXIT_DELAY_S.  A follower whose heartbeat write fails
+(rank 0 died) exits at once, so no follower outlives rank 0.  Followers ignore SIGINT/SIGTERM
+(a terminal's Ctrl-C or a service manager signals the whole group): rank 0 stops them.
 """
 from __future__ import annotations
 
