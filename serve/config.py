@@ -63,10 +63,10 @@ class ServeConfig:
                               f"got {self.prefix_cache_mb}")
         check_lines_ahead(self.speculate_lines)
         if self.tensor_parallel != 1:
-            from engine.tensor_parallel.load import model_config
+            from engine.tensor_parallel.load import model_config, parse_devices
             from engine.tensor_parallel.plan import check_world, parse_world
 
-            parse_world(self.tensor_parallel)
+            parse_devices(self.device, parse_world(self.tensor_parallel))
             if self.impl != "fast":
                 raise OptionError(f"--impl {self.impl} cannot run split over GPUs (PaddleNLP's "
                                   "CodeGen has no tensor parallelism); use --impl fast")

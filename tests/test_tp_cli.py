@@ -56,6 +56,8 @@ def test_cgserve_tensor_parallel_from_env(captured, monkeypatch):
     (["random:350M-mono", "--tensor-parallel", "0"], "--tensor-parallel 0"),
     (["random:350M-mono", "--tensor-parallel", "2", "--impl", "reference"], "--impl reference"),
     (["/no/such/model", "--tensor-parallel", "2"], "/no/such/model: no such directory"),
+    (["random:350M-mono", "--tensor-parallel", "2", "--device", "gpu:1"],
+     "--device 'gpu:1' names 1 GPU(s) but --tensor-parallel 2 needs 2 different ones"),
 ])
 def test_cgserve_errors_before_anything_loads(captured, args, fragment):
     result = CliRunner().invoke(cgserve, args)
