@@ -40,6 +40,7 @@ CONNECT_TIMEOUT_S = float(os.environ.get("CGW_TP_CONNECT_TIMEOUT", "600"))  # fo
 EXIT_DELAY_S = float(os.environ.get("CGW_TP_EXIT_DELAY", "3"))  # answer 503 this long, then exit
 EXIT_FOLLOWER_LOST = 3
 JOB_ENV = "CGW_TP_JOB"
+_STARTED = False  # Paddle's default process group forms once per process
 HEARTBEAT_FD_ENV = "CGW_TP_HEARTBEAT_FD"
 
 
@@ -102,6 +103,13 @@ class Group:
     # ---- start ---------------------------------------------------------------------------
     def start(self, job: dict) -> None:
         """Start ranks 1..N-1 with `job` (what to load), then join the collectives as rank 0."""
+        global _STARTED
+        if _STARTED:
+            from ..errors import OptionError
+
+            raise OptionError("one tensor-parallel model per process: Paddle's process group "
+                              "is formed once; load the other model in another process")
+        _STARTED = True
         endpoints = [f"127.0.0.1:{free_port()}" for _ in range(self.world)]
         for rank in range(1, self.world):
             read_fd, write_fd = os.pipe()
