@@ -72,6 +72,23 @@ def test_openai_client_plain_and_streaming_match_one_process(served, random_tiny
     assert [c.text for c in got.choices] == [c.text for c in want.choices]
 
 
+def test_fauxpilot_request_and_logprobs_match_one_process(served, random_tiny):
+    """The extension's request (prompt over the context: cut from the left, stop at a newline)
+    and logprobs, as one process gives them."""
+    prompt = "import os\n" + "# a long file\n" * 200 + "def main():\n    "
+    body = {"model": "fastertransformer", "prompt": prompt, "max_tokens": 40,
+            "temperature": 0, "stop": ["\n"], "logprobs": 2}
+    got = httpx.post(served.url + "/v1/engines/codegen/completions", json=body, timeout=120)
+    assert got.status_code == 200
+    reply = got.json()
+    want = random_tiny.generate(prompt, SamplingParams(max_new_tokens=40, temperature=0.0,
+                                                       stop=("\n",), logprobs=2))
+    assert reply["usage"]["truncated_prompt_tokens"] == want.truncated_tokens > 0
+    assert reply["choices"][0]["text"] == want.text
+    lp = reply["choices"][0]["logprobs"]["token_logprobs"]
+    assert lp == pytest.approx(want.choices[0].logprobs[:len(lp)], abs=1e-4)
+
+
 def _busy(served, timeout_s=30):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
