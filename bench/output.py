@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import tempfile
 from pathlib import Path
+
+from engine.atomic import atomic_write_bytes
 
 from .errors import BenchError
 
@@ -26,19 +26,9 @@ def make_dir(path: Path, option: str = "--out") -> Path:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` so a reader sees the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `text` to `path` so a reader sees the old file or the whole new one
+    (engine.atomic, the one home of atomic writes)."""
+    atomic_write_bytes(Path(path), text.encode("utf-8"), BenchError)
 
 
 def _jsonable(value):

@@ -356,11 +356,3 @@ class Batch:
             self.prefilling.remove(req)
         if req in self.decoding:
             self.decoding.remove(req)
-
-    def stop_all(self) -> list[Request]:
-        """Cancel everything admitted and take everything waiting out (shutdown)."""
-        with self._lock:
-            queued, self.waiting = list(self.waiting), collections.deque()
-        for req in self.active:
-            req.cancel.set()
-        return queued

@@ -23,14 +23,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def cache_reading(generator, name: str) -> float:
-    """A number from the engine's prefix cache (0 when there is none); it changes under us."""
-    cache = getattr(generator, "prefix_cache", None)
-    for _ in range(3):  # the worker may change the entries while we add them up
-        try:
-            return float(getattr(cache, name, 0) or 0)
-        except RuntimeError:
-            continue
-    return float("nan")
+    """`used_bytes` or `budget_bytes` of the engine's prefix cache (0 before the model is
+    loaded, or without a cache)."""
+    cache = generator.prefix_cache if generator is not None else None
+    return float(getattr(cache, name)) if cache is not None else 0.0
 
 
 class WarmupCounters:
@@ -149,7 +145,7 @@ class Metrics:
         self.completion_tokens.inc(result.completion_tokens)
         self.prompt_tokens.inc(result.prompt_tokens)
         self.truncated_tokens.inc(result.truncated_tokens)
-        reused = getattr(result, "reused_tokens", 0) or 0
+        reused = result.reused_tokens
         self.reused_tokens.inc(reused)
         self.computed_tokens.inc(result.prompt_tokens - reused)
         if result.completion_tokens:

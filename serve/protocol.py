@@ -291,7 +291,7 @@ def usage(result) -> dict:
            "total_tokens": result.prompt_tokens + result.completion_tokens}
     if result.truncated_tokens:
         out["truncated_prompt_tokens"] = result.truncated_tokens  # cut from the left to fit
-    cached = getattr(result, "reused_tokens", 0)
+    cached = result.reused_tokens
     if cached:  # OpenAI's field for prompt tokens served from a cache
         out["prompt_tokens_details"] = {"cached_tokens": cached}
     return out

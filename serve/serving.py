@@ -265,7 +265,7 @@ class Completion:
         job.finished = True
         waited = job.started_at - job.enqueued_at if job.started_at is not None else None
         self.state.metrics.record_result(result, waited)
-        reused = getattr(result, "reused_tokens", 0) or 0
+        reused = result.reused_tokens
         self.summary.update(prompt_tokens=result.prompt_tokens,
                             completion_tokens=result.completion_tokens,
                             truncated=result.truncated_tokens, reused=reused,

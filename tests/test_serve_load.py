@@ -114,7 +114,10 @@ def test_concurrent_clients_with_disconnects(live):
         outcomes = run_round(live)
         assert len(outcomes) == CLIENTS * PER_CLIENT
         gc.collect()
-        assert live.state.scheduler.live_jobs == 0  # no job kept alive by anything
+        left = list(live.state.scheduler._live)
+        holders = [type(r).__name__ for job in left for r in gc.get_referrers(job)
+                   if r is not left]
+        assert live.state.scheduler.live_jobs == 0, holders  # no job kept alive by anything
         rss.append(psutil.Process().memory_info().rss)
     total = 2 * CLIENTS * PER_CLIENT
     by_status = counts(live)

@@ -1,6 +1,8 @@
 """/metrics: names, labels and live readings, parsed as Prometheus parses them."""
 from __future__ import annotations
 
+import threading
+
 from types import SimpleNamespace
 
 import httpx
@@ -110,19 +112,31 @@ def test_labelled_counters_and_separate_servers():
     assert second.value("cgserve_requests_total", route="completions", status="200") == 0
 
 
-def test_cache_reading_retries_a_cache_changing_underneath():
-    class Changing:
-        calls = 0
+def test_cache_reading_while_the_worker_changes_the_cache():
+    """The prefix cache adds up its entries under its lock: a reading taken while another
+    thread puts and evicts entries is always a whole number of entries, never an error."""
+    from engine.prefix_cache import PrefixCache
 
-        @property
-        def used_bytes(self):
-            Changing.calls += 1
-            if Changing.calls == 1:
-                raise RuntimeError("dictionary changed size during iteration")
-            return 5
+    cache = PrefixCache(10 * 7)
+    stop = threading.Event()
 
-    assert cache_reading(SimpleNamespace(prefix_cache=Changing()), "used_bytes") == 5
-    assert cache_reading(SimpleNamespace(), "used_bytes") == 0  # no prefix cache
+    def churn():
+        i = 0
+        while not stop.is_set():
+            cache.put([i], object(), 7, client=i % 3)
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        readings = [cache_reading(SimpleNamespace(prefix_cache=cache), "used_bytes")
+                    for _ in range(2000)]
+    finally:
+        stop.set()
+        worker.join()
+    assert all(r % 7 == 0 and 0 <= r <= 70 for r in readings)
+    assert cache_reading(SimpleNamespace(prefix_cache=None), "used_bytes") == 0  # reuse off
+    assert cache_reading(None, "used_bytes") == 0  # still loading
 
 
 def test_served_metrics_parse_and_keep_the_names_bench_reads():

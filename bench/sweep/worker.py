@@ -18,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
+from engine.atomic import atomic_write_bytes
 from engine.runtime import configure_cpu_threads
 
 from ..latency import LatencyStats, gaps
@@ -176,10 +177,7 @@ def main(argv: list[str]) -> int:
     configure_cpu_threads()  # before paddle or torch is imported
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     row = run_job(job)
-    out = Path(argv[1])
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, default=float), encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_bytes(Path(argv[1]), json.dumps(row, default=float).encode("utf-8"))
     return 0
 
 
