@@ -26,6 +26,7 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 
+from engine.dtypes import NUMPY_TO_SAFETENSORS
 from engine.weights import NAME_TABLE, atomic_write
 
 from .errors import OutputError
@@ -39,8 +40,7 @@ PIECE_BYTES = 4 << 20
 PIECES_AHEAD = 2  # pieces produced in a worker thread while one is written
 CHECKS_BEHIND = 8  # checksum parts the checker thread may lag before the writer waits for it
 WRITEBACK_BYTES = 32 << 20  # ask the kernel to start writing to disk after each this many bytes
-_ST_NAMES = {"float32": "F32", "float16": "F16", "uint16": "U16", "float64": "F64",
-             "int64": "I64", "int32": "I32", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_ST_NAMES = NUMPY_TO_SAFETENSORS
 
 
 class Scratch:

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from .quant import PackedMatrix
+
 _GELU_C = math.sqrt(2.0 / math.pi)
 # Attention over at least this many (row, head, key) triples uses einsum, below it matmul.
 # numpy's matmul over a stack of [seen, head_dim] matrices calls OpenBLAS once per head and
@@ -76,9 +78,21 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
 
 def _mv(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """x @ w.T [rows, out] for w stored [out, in] (OpenBLAS sgemv "T" for one row)."""
+    if isinstance(w, PackedMatrix):  # int8/float16/bfloat16: reads w once (engine/cpu_kernels.py)
+        return w.mv(x)
     if len(x) == 1:
         return np.matmul(w, x[0])[None]
     return np.matmul(w, x.T).T  # several rows: a GEMM with w as is, 1.8x faster than x @ w.T
+
+
+def _mm(x: np.ndarray, w) -> np.ndarray:
+    """x @ w for w stored [in, out]; a PackedMatrix is stored [out, in] (see _mv)."""
+    return w.mv(x) if isinstance(w, PackedMatrix) else x @ w
+
+
+def _view(tensor):
+    """A numpy view of a weight tensor; a PackedMatrix is numpy already."""
+    return tensor if isinstance(tensor, PackedMatrix) else readonly_view(tensor)
 
 
 def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -106,11 +120,11 @@ class NumpyDecoder:
         self.eps = model.eps
         self.bounds = tuple(model.qkv_bounds[1:4])  # ends of qkv_w's r1, r2 and pass rows
         names = ("ln_w", "ln_b", "qkv_w", "out_w", "fc_in_w", "fc_in_b", "fc_out_w", "fc_out_b")
-        self.layers = [tuple(readonly_view(getattr(layer, name)) for name in names)
+        self.layers = [tuple(_view(getattr(layer, name)) for name in names)
                        for layer in model.layers]
-        self.wte = readonly_view(model.wte)
+        self.wte = _view(model.wte)
         self.ln_f = (readonly_view(model.ln_f_w), readonly_view(model.ln_f_b))
-        self.lm = (readonly_view(model.lm_w), readonly_view(model.lm_b))
+        self.lm = (_view(model.lm_w), readonly_view(model.lm_b))
         # cos/sin per position laid out like r1/r2's rows (q heads, then k heads)
         reps = 2 * self.n_head
         self.cos = np.ascontiguousarray(np.tile(readonly_view(model.cos), reps))
@@ -132,7 +146,7 @@ class NumpyDecoder:
         """Logits [rows, vocab] for `tokens` [rows] at position `pos`; writes the cache there."""
         rows, heads, dim, half = len(tokens), self.n_head, self.head_dim, self.half
         rot, rot2, qk_end = self.bounds
-        x = self.wte[tokens]  # [rows, embd], a copy
+        x = self.wte.widened(tokens) if isinstance(self.wte, PackedMatrix) else self.wte[tokens]
         cos, sin = self.cos[pos], self.sin[pos]
         seen = pos + 1
         for (ln_w, ln_b, qkv_w, out_w, fc_in_w, fc_in_b, fc_out_w, fc_out_b), (k_t, v_t) in zip(
@@ -149,13 +163,13 @@ class NumpyDecoder:
             keys[:, pos] = qk[:, 1].reshape(rows * heads, dim)
             values[:, pos] = y[:, qk_end:].reshape(rows * heads, dim)
             attn = _attend(qk[:, 0].reshape(rows * heads, dim), keys[:, :seen], values[:, :seen])
-            up = h @ fc_in_w
+            up = _mm(h, fc_in_w)
             up += fc_in_b
             mlp = _mv(fc_out_w, _gelu_tanh(up))
             mlp += fc_out_b
             mlp += _mv(out_w, attn.reshape(rows, heads * dim))
             x += mlp
         last = _layer_norm(x, *self.ln_f, self.eps)
-        logits = last @ self.lm[0]
+        logits = _mm(last, self.lm[0])
         logits += self.lm[1]
         return logits
