@@ -116,6 +116,28 @@ def attach_scales(weights: dict, path) -> dict:
     return weights
 
 
+def split_scales(infos: dict) -> tuple[dict, list[str]]:
+    """For a file's tensor descriptions (name -> object with .shape and .dtype): the
+    descriptions without the `.scale` tensors, and what is wrong with those (as for
+    :func:`attach_scales`, from the shapes alone)."""
+    rest = {n: i for n, i in infos.items() if not n.endswith(SCALE_SUFFIX)}
+    problems = []
+    for name, info in rest.items():
+        if str(info.dtype) != "int8":
+            continue
+        scale = infos.get(name + SCALE_SUFFIX)
+        want = (info.shape[output_axis(name)],) if len(info.shape) == 2 else None
+        if scale is None:
+            problems.append(f"{name} is int8 but {name}{SCALE_SUFFIX} is missing")
+        elif want is None or str(scale.dtype) != "float32" or tuple(scale.shape) != want:
+            problems.append(f"{name}{SCALE_SUFFIX} is {scale.dtype} {list(scale.shape)}, {name} "
+                            f"{list(info.shape)} needs float32 {list(want or ())}")
+    problems += [f"{n} has no int8 tensor {n[:-len(SCALE_SUFFIX)]} beside it" for n in infos
+                 if n.endswith(SCALE_SUFFIX) and str(getattr(
+                     rest.get(n[:-len(SCALE_SUFFIX)]), "dtype", "")) != "int8"]
+    return rest, problems
+
+
 class _Scratch:
     """One float32 buffer, reused by every matrix of a model for a prompt's dequantised GEMM."""
 
