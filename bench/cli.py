@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from engine.cli_common import user_errors, version_option
+from engine.dtypes import DTYPE_NAMES
 from serve.speculate import LINES_AHEAD
 
 
@@ -28,14 +29,15 @@ def default_run_dir() -> Path:
 @click.option("--data", "data", help="Data sets to combine with --sizes: nl, multi, mono.")
 @click.option("--weights", default="random", show_default=True,
               help="`random` or a directory holding codegen-<size>-<data> model directories.")
-@click.option("--dtype", default="float32", show_default=True, help="Comma-separated dtypes.")
+@click.option("--dtype", default="float32", show_default=True,
+              help=f"Comma-separated weight dtypes: {', '.join(DTYPE_NAMES)} (int8: weight-only).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or gpu:N.")
 @click.option("--prompt-tokens", default="128", show_default=True, help="Prompt lengths, comma-separated.")
 @click.option("--new-tokens", default="16", show_default=True, help="New tokens per request, comma-separated.")
 @click.option("--batch", default="1", show_default=True, help="Rows decoded together, comma-separated.")
 @click.option("--repeats", default=3, show_default=True, type=int, help="Measured runs per point.")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Warm-up runs per point.")
-@click.option("--backend", default="paddle", show_default=True, help="paddle (the engine), paddle-ref (the engine over PaddleNLP's model), hf (transformers); comma-separated.")
+@click.option("--backend", default="paddle", show_default=True, help="paddle (the engine), paddle-ref (the engine over PaddleNLP's model), hf (transformers), ct2 (CTranslate2, the same weights; --dtype int8 or float32); comma-separated.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default results/run-<time>).")
 @click.option("--resume", is_flag=True, help="Finish the run in --out: skip points already done.")
@@ -133,9 +135,9 @@ def recommend(run_dir, memory, gpus, max_ttft_ms, max_tpot_ms, prompt_tokens, ba
 
     rows, env = load_run(run_dir)
     dtypes = tuple(split_list(dtype))
-    bad = [d for d in dtypes if d not in ("float32", "float16", "bfloat16")]
+    bad = [d for d in dtypes if d not in DTYPE_NAMES]
     if bad or not dtypes:
-        raise BenchError(f"--dtype {dtype!r}: use float32, float16, bfloat16 (comma-separated)")
+        raise BenchError(f"--dtype {dtype!r}: use {', '.join(DTYPE_NAMES)} (comma-separated)")
     result = pick(rows, env, parse_memory(memory), gpus, max_ttft_ms, max_tpot_ms, prompt_tokens,
                   batch=batch, dtypes=dtypes, data=data, gpu_name=gpu_name)
     if as_json:

@@ -8,6 +8,7 @@ import sys
 import click
 
 from .cli_common import user_errors, version_option
+from .dtypes import DTYPE_HELP, DTYPE_NAMES
 
 
 @click.command()
@@ -18,7 +19,8 @@ from .cli_common import user_errors, version_option
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--seed", type=int, default=None)
-@click.option("--dtype", default="float32", show_default=True)
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPE_NAMES),
+              help=DTYPE_HELP)
 @click.option("--device", default="cpu", show_default=True, help="cpu or gpu:N")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @version_option("engine")

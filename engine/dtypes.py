@@ -19,15 +19,24 @@ class WeightDType:
     itemsize: int  # bytes per stored weight (int8: the scales, one per output channel, aside)
     numpy: str  # the numpy dtype its data is held in
     quantized: bool = False  # stored values need a scale tensor to mean anything
+    cache: str = ""  # the KV cache's dtype at most (float32 on CPU and older GPUs); "": `name`
+
+    @property
+    def cache_dtype(self) -> str:
+        return self.cache or self.name
 
 
 WEIGHT_DTYPES: dict[str, WeightDType] = {d.name: d for d in (
     WeightDType("float32", 4, "float32"),
     WeightDType("float16", 2, "float16"),
     WeightDType("bfloat16", 2, "uint16"),
-    WeightDType("int8", 1, "int8", quantized=True),
+    WeightDType("int8", 1, "int8", quantized=True, cache="float32"),
 )}
 DTYPE_NAMES = tuple(WEIGHT_DTYPES)  # for option choices, in this order
+DTYPE_HELP = ("How weight matrices are stored: float32; float16/bfloat16 (half the memory; on CPU "
+              "read by kernels that widen in registers); int8 (weight-only, one scale per output "
+              "channel: a quarter of float32's memory). Activations and the KV cache stay float32 "
+              "on CPU.")
 DTYPE_BYTES = {name: d.itemsize for name, d in WEIGHT_DTYPES.items()}
 BF16 = "bfloat16"
 

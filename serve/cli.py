@@ -6,6 +6,7 @@ import logging
 import click
 
 from engine.cli_common import user_errors, version_option
+from engine.dtypes import DTYPE_HELP, DTYPE_NAMES
 
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServeConfig
 from .speculate import LINES_AHEAD, MAX_LINES_AHEAD
@@ -24,7 +25,7 @@ def _opt(*names, env: str, **kwargs):
 @_opt("--host", env="HOST", default=DEFAULT_HOST, help="Address to bind (0.0.0.0 exposes it).")
 @_opt("--port", env="PORT", default=DEFAULT_PORT, type=int, help="Port to listen on.")
 @_opt("--dtype", env="DTYPE", default="float32",
-      type=click.Choice(["float32", "float16", "bfloat16"]), help="Weight dtype.")
+      type=click.Choice(DTYPE_NAMES), help=DTYPE_HELP)
 @_opt("--device", env="DEVICE", default="cpu", help="cpu, gpu or gpu:N.")
 @_opt("--api-key", env="API_KEY", default=None,
       help="Require 'Authorization: Bearer KEY' on /v1 routes.")
