@@ -32,6 +32,8 @@ QMAX = 127
 EMBEDDING = "transformer.wte.weight"  # quantised per row; every other matrix per column
 MV_ROWS = 16  # up to this many rows a prompt chunk goes through the kernels, beyond via a GEMM
 _CHUNK = 256  # rows quantised at a time (bounds the float32 temporaries)
+import os
+_GEMM = os.environ.get("CGW_GEMM", "numpy")
 
 
 def output_axis(name: str) -> int:
@@ -144,6 +146,18 @@ class _Scratch:
     def __init__(self):
         self.buffer = np.empty(0, np.float32)
 
+    tensor = None
+
+    def take_tensor(self, shape):
+        from .cpu_decode import writable_view
+        from .runtime import import_paddle
+
+        size = shape[0] * shape[1]
+        if self.tensor is None or self.tensor.shape[0] < size:
+            self.tensor = import_paddle().empty([size], "float32")
+        t = self.tensor[:size].reshape(list(shape))
+        return t, writable_view(t)
+
     def take(self, shape: tuple[int, int]) -> np.ndarray:
         size = shape[0] * shape[1]
         if self.buffer.size < size:
@@ -204,6 +218,10 @@ class PackedMatrix:
         out = writable_view(y).reshape(-1, n_out)
         if len(rows) <= MV_ROWS:
             mv(self.data, self.scale, rows, out)
+        elif _GEMM == "paddle":
+            w_t, w = self._scratch.take_tensor(self.shape)
+            dequantize(self.data, self.scale, w)
+            return paddle.matmul(x, w_t, transpose_y=True)
         else:
             w = dequantize(self.data, self.scale, self._scratch.take(self.shape))
             np.matmul(rows, w.T, out=out)
