@@ -189,3 +189,38 @@ def dequantize(w: np.ndarray, scale: np.ndarray, out: np.ndarray) -> np.ndarray:
     with _LOCK:
         _dequantize(w, scale, out)
     return out
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True)
+def _quantize_rows(x, q, scale):
+    rows, n = x.shape
+    for r in nb.prange(rows):
+        m = np.float32(0)
+        for i in range(n):
+            m = max(m, abs(x[r, i]))
+        s = m / np.float32(127)
+        scale[r] = s
+        inv = np.float32(1) / s if s > 0 else np.float32(0)
+        for i in range(n):
+            q[r, i] = np.int8(np.rint(x[r, i] * inv))
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True)
+def _rescale(c, row_scale, col_scale, out):
+    rows, n = c.shape
+    for r in nb.prange(rows):
+        s = row_scale[r]
+        for j in range(n):
+            out[r, j] = np.float32(c[r, j]) * (s * col_scale[j])
+
+
+def quantize_rows(x: np.ndarray, q: np.ndarray, scale: np.ndarray) -> None:
+    """Per row of float32 x: scale = max|x| / 127, q = rint(x / scale) (int8, same shape)."""
+    with _LOCK:
+        _quantize_rows(x, q, scale)
+
+
+def rescale(c: np.ndarray, row_scale: np.ndarray, col_scale: np.ndarray, out: np.ndarray) -> None:
+    """out = c (int32) * row_scale[:, None] * col_scale[None, :], in float32."""
+    with _LOCK:
+        _rescale(c, row_scale, col_scale, out)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dtypes import f32_to_bf16_bits
+from . import onednn
 from .errors import WeightFileError
 
 SCALE_SUFFIX = ".scale"
@@ -33,7 +34,7 @@ EMBEDDING = "transformer.wte.weight"  # quantised per row; every other matrix pe
 MV_ROWS = 16  # up to this many rows a prompt chunk goes through the kernels, beyond via a GEMM
 _CHUNK = 256  # rows quantised at a time (bounds the float32 temporaries)
 import os
-_GEMM = os.environ.get("CGW_GEMM", "numpy")
+_GEMM = os.environ.get("CGW_GEMM", "int8")
 
 
 def output_axis(name: str) -> int:
@@ -216,7 +217,9 @@ class PackedMatrix:
         rows = readonly_view(x).reshape(-1, n_in)
         y = paddle.empty(list(x.shape[:-1]) + [n_out], "float32")
         out = writable_view(y).reshape(-1, n_out)
-        if len(rows) <= MV_ROWS:
+        if self.dtype == "int8" and _GEMM == "int8" and onednn.available():
+            self._int8_gemm(rows, out)
+        elif len(rows) <= MV_ROWS:
             mv(self.data, self.scale, rows, out)
         elif _GEMM == "paddle":
             w_t, w = self._scratch.take_tensor(self.shape)
@@ -226,6 +229,18 @@ class PackedMatrix:
             w = dequantize(self.data, self.scale, self._scratch.take(self.shape))
             np.matmul(rows, w.T, out=out)
         return y
+
+    def _int8_gemm(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """out = rows @ W.T with the rows quantised to int8 too (one scale per row), the
+        products summed exactly in int32 by oneDNN, then scaled to float32."""
+        from .cpu_kernels import quantize_rows, rescale
+
+        q = np.empty(rows.shape, np.int8)
+        row_scale = np.empty(len(rows), np.float32)
+        quantize_rows(rows, q, row_scale)
+        sums = np.empty(out.shape, np.int32)
+        onednn.gemm_s8s8s32(q, self.data, sums)
+        rescale(sums, row_scale, self.scale, out)
 
     def embed(self, ids):
         """Embedding rows for a Paddle int64 tensor of ids, as a float32 Paddle tensor."""
