@@ -51,6 +51,31 @@ def test_kernels_match_numpy(kind, rows, shape):
     np.testing.assert_array_equal(cpu_kernels.dequantize(data, scale, out), value)
 
 
+@pytest.mark.parametrize("mode", ["int8", "numpy"])
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_prompt_matmul_matches_numpy(monkeypatch, mode, rows):
+    from engine import onednn, quant
+    from engine.runtime import import_paddle
+
+    if mode == "int8" and not onednn.available():
+        pytest.skip("this Paddle build has no oneDNN")
+    monkeypatch.setattr(quant, "_GEMM", mode)
+    rng = np.random.default_rng(rows)
+    w = rng.standard_normal((96, 80)).astype(np.float32)
+    data, scale, value = _stored("int8", w)
+    matrix = quant.PackedMatrix(data, scale, "int8", quant._Scratch())
+    x = rng.standard_normal((1, rows, 80)).astype(np.float32)
+    got = matrix.matmul(import_paddle().to_tensor(x)).numpy()
+    if mode == "int8":  # each row quantised with its own scale, sums exact
+        xs = np.abs(x[0]).max(1, keepdims=True) / 127
+        want = np.rint(x[0] / xs) * xs @ value.T
+        np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=2e-3)
+        alone = matrix.matmul(import_paddle().to_tensor(x[:, -1:])).numpy()
+        np.testing.assert_array_equal(alone[0, 0], got[0, -1])  # a row's result: any chunk
+    else:
+        np.testing.assert_allclose(got[0], x[0] @ value.T, rtol=1e-4, atol=1e-4)
+
+
 def test_float16_kernel_widens_specials_and_subnormals():
     values = np.array([[np.inf, -0.0, 6e-8, -6.1e-5, 65504.0, 1.0]], np.float16)
     out = np.empty(values.shape, np.float32)
