@@ -5,8 +5,9 @@ once per call, widen it to float32 in registers and accumulate in float32, so a 
 weights reads a quarter of float32's bytes, and never writes a widened copy of a matrix:
 - `mv(w, scale, x, out)`: out[r] = scale * (w @ x[r]) for w [out, in]; one row goes through an
   unrolled kernel (four output rows per pass share each x load), several rows (a batched decode
-  step, a short prompt chunk) through a tiled one that widens a [16, 512] tile of w into a
-  float32 scratch in L1 once and multiplies every row of x by it;
+  step, a short prompt chunk) through one that takes four rows of w (in L1) against each pair of
+  x's rows, widening each weight once per pair (350M shapes, int8: the matrices of one step take
+  ~12 ms for 4 rows, ~44 ms for 16, against ~4-5 ms for one, in-cache timings);
 - `dequantize(w, scale, out)`: out = scale * w in float32, for a prompt's GEMM (one matrix at a
   time into one reused buffer, amortised over the prompt's tokens).
 Stored element types (numba has no float16): int8 (int8 weights, per-row scale), uint16 holding
@@ -28,8 +29,6 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-TILE_OUT = 16  # rows of w widened together by the several-rows kernel
-TILE_IN = 512  # columns per tile: 16 x 512 float32 = 32 KiB, in L1 with x's rows
 _LOCK = threading.Lock()
 STORED = {"int8": np.int8, "float16": np.uint16, "bfloat16": np.int16}  # kernel element types
 
@@ -95,57 +94,72 @@ def _mv_one(w, scale, x, out):
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
-def _mv_rows(w, scale, x, out):
-    """out[r, o] = scale[o] * sum_i w[o, i] * x[r, i] for every row r; w read once."""
+def _mv_pairs(w, scale, x, out):
+    """Several rows of x: four rows of w (in L1) at a time against every pair of x's rows, each
+    weight widened once per pair; w is read from memory once."""
     n_out, n_in = w.shape
     rows = x.shape[0]
-    for b in nb.prange((n_out + TILE_OUT - 1) // TILE_OUT):
-        o0 = b * TILE_OUT
-        n_o = min(TILE_OUT, n_out - o0)
-        tile = np.empty((TILE_OUT, TILE_IN), np.float32)
-        acc = np.zeros((rows, TILE_OUT), np.float32)
-        for i0 in range(0, n_in, TILE_IN):
-            n_i = min(TILE_IN, n_in - i0)
-            for j in range(n_o):
-                src = w[o0 + j, i0:i0 + n_i]
-                dst = tile[j]
-                for i in range(n_i):
-                    dst[i] = widen(src[i])
-            r = 0
-            while r + 4 <= rows:  # four rows of x per pass share each tile load
-                x0 = x[r, i0:i0 + n_i]
-                x1 = x[r + 1, i0:i0 + n_i]
-                x2 = x[r + 2, i0:i0 + n_i]
-                x3 = x[r + 3, i0:i0 + n_i]
-                for j in range(n_o):
-                    t = tile[j]
-                    a0 = np.float32(0)
-                    a1 = np.float32(0)
-                    a2 = np.float32(0)
-                    a3 = np.float32(0)
-                    for i in range(n_i):
-                        ti = t[i]
-                        a0 += ti * x0[i]
-                        a1 += ti * x1[i]
-                        a2 += ti * x2[i]
-                        a3 += ti * x3[i]
-                    acc[r, j] += a0
-                    acc[r + 1, j] += a1
-                    acc[r + 2, j] += a2
-                    acc[r + 3, j] += a3
-                r += 4
-            while r < rows:
-                xr = x[r, i0:i0 + n_i]
-                for j in range(n_o):
-                    t = tile[j]
+    for b in nb.prange((n_out + 3) // 4):
+        o = b * 4
+        if o + 4 > n_out:
+            for j in range(o, n_out):
+                for r in range(rows):
                     a = np.float32(0)
-                    for i in range(n_i):
-                        a += t[i] * xr[i]
-                    acc[r, j] += a
-                r += 1
-        for r in range(rows):
-            for j in range(n_o):
-                out[r, o0 + j] = acc[r, j] * scale[o0 + j]
+                    for i in range(n_in):
+                        a += widen(w[j, i]) * x[r, i]
+                    out[r, j] = a * scale[j]
+            continue
+        for r in range(0, rows - 1, 2):
+            x0 = x[r]
+            x1 = x[r + 1]
+            a00 = np.float32(0)
+            a01 = np.float32(0)
+            a02 = np.float32(0)
+            a03 = np.float32(0)
+            a10 = np.float32(0)
+            a11 = np.float32(0)
+            a12 = np.float32(0)
+            a13 = np.float32(0)
+            for i in range(n_in):
+                w0 = widen(w[o, i])
+                w1 = widen(w[o + 1, i])
+                w2 = widen(w[o + 2, i])
+                w3 = widen(w[o + 3, i])
+                u = x0[i]
+                v = x1[i]
+                a00 += w0 * u
+                a01 += w1 * u
+                a02 += w2 * u
+                a03 += w3 * u
+                a10 += w0 * v
+                a11 += w1 * v
+                a12 += w2 * v
+                a13 += w3 * v
+            out[r, o] = a00 * scale[o]
+            out[r, o + 1] = a01 * scale[o + 1]
+            out[r, o + 2] = a02 * scale[o + 2]
+            out[r, o + 3] = a03 * scale[o + 3]
+            out[r + 1, o] = a10 * scale[o]
+            out[r + 1, o + 1] = a11 * scale[o + 1]
+            out[r + 1, o + 2] = a12 * scale[o + 2]
+            out[r + 1, o + 3] = a13 * scale[o + 3]
+        if rows % 2:
+            r = rows - 1
+            xr = x[r]
+            a0 = np.float32(0)
+            a1 = np.float32(0)
+            a2 = np.float32(0)
+            a3 = np.float32(0)
+            for i in range(n_in):
+                u = xr[i]
+                a0 += widen(w[o, i]) * u
+                a1 += widen(w[o + 1, i]) * u
+                a2 += widen(w[o + 2, i]) * u
+                a3 += widen(w[o + 3, i]) * u
+            out[r, o] = a0 * scale[o]
+            out[r, o + 1] = a1 * scale[o + 1]
+            out[r, o + 2] = a2 * scale[o + 2]
+            out[r, o + 3] = a3 * scale[o + 3]
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
@@ -177,7 +191,7 @@ def mv(w: np.ndarray, scale: np.ndarray, x: np.ndarray, out: np.ndarray | None =
     if out is None:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
     with _LOCK:
-        (_mv_one if x.shape[0] == 1 else _mv_rows)(w, scale, x, out)
+        (_mv_one if x.shape[0] == 1 else _mv_pairs)(w, scale, x, out)
     return out
 
 
