@@ -169,6 +169,16 @@ class _Scratch:
         t = self.tensor[:size].reshape(list(shape))
         return t, writable_view(t)
 
+    rows8 = np.empty(0, np.int8)
+
+    def take_int8(self, shape: tuple[int, int]) -> np.ndarray:
+        """A reused int8 buffer (a prompt's quantised activations; memory once touched stays
+        mapped, where a fresh array would fault its pages in at every product)."""
+        size = shape[0] * shape[1]
+        if self.rows8.size < size:
+            self.rows8 = np.empty(size, np.int8)
+        return self.rows8[:size].reshape(shape)
+
     def take(self, shape: tuple[int, int]) -> np.ndarray:
         size = shape[0] * shape[1]
         if self.buffer.size < size:
@@ -246,10 +256,10 @@ class PackedMatrix:
         products summed exactly in int32 by oneDNN, then scaled to float32."""
         from .cpu_kernels import quantize_rows, rescale
 
-        q = np.empty(rows.shape, np.int8)
+        q = self._scratch.take_int8(rows.shape)
         row_scale = np.empty(len(rows), np.float32)
         quantize_rows(rows, q, row_scale)
-        sums = np.empty(out.shape, np.int32)
+        sums = out.view(np.int32)  # the int32 sums land in out's memory, scaled there in place
         onednn.gemm_s8s8s32(q, self.data, sums)
         rescale(sums, row_scale, self.scale, out)
 
