@@ -249,3 +249,20 @@ def test_int8_needs_the_fast_impl():
 
     with pytest.raises(OptionError, match="impl fast"):
         load("random:tiny", dtype="int8", impl="reference")
+
+
+def test_gpu_int8_matrix_math_runs_on_paddle_tensors():
+    """The GPU path's Paddle calls (dequantise per call, gather for the embedding), run here on
+    CPU tensors: no GPU on this project's machines."""
+    from engine.quant import DeviceInt8Matrix
+    from engine.runtime import import_paddle
+
+    paddle = import_paddle()
+    rng = np.random.default_rng(3)
+    data, scale, value = _stored("int8", rng.standard_normal((24, 16)).astype(np.float32))
+    matrix = DeviceInt8Matrix(paddle.to_tensor(data), paddle.to_tensor(scale), "float32")[4:20]
+    x = rng.standard_normal((1, 3, 16)).astype(np.float32)
+    np.testing.assert_allclose(matrix.matmul(paddle.to_tensor(x)).numpy()[0], x[0] @ value[4:20].T,
+                               rtol=1e-5, atol=1e-5)
+    ids = paddle.to_tensor(np.array([[2, 0, 15]], np.int64))
+    np.testing.assert_allclose(matrix.embed(ids).numpy()[0], value[4:20][[2, 0, 15]], rtol=1e-6)
