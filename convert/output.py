@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -312,7 +313,20 @@ class _RawBytes(_Lazy):
 _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]
 
 
-class _StreamPickler(pickle._Pickler):  # the pure-Python Pickler: it lets a type write raw opcodes
+def _pristine_pickle():
+    """A private copy of the standard pickle module: dill (which PaddleNLP imports) replaces
+    entries of ``pickle._Pickler.dispatch`` (dict, type, ...) with its own, and a file written
+    through them names dill's functions, which our reader rightly refuses."""
+    spec = importlib.util.spec_from_file_location("_cgw_pristine_pickle", pickle.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_PICKLE = _pristine_pickle()
+
+
+class _StreamPickler(_PICKLE._Pickler):  # the pure-Python Pickler: it lets a type write raw opcodes
     """Pickles the state dict, each `_Lazy` as numpy pickles an ndarray for protocol 4.
 
     numpy's ``__reduce__`` is ``_reconstruct(ndarray, (0,), b"b")`` then BUILD with
@@ -322,7 +336,7 @@ class _StreamPickler(pickle._Pickler):  # the pure-Python Pickler: it lets a typ
     for the arrays in fast mode (tested).  No memo (fast mode), so nothing is kept alive.
     """
 
-    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch = dict(_PICKLE._Pickler.dispatch)
 
     def __init__(self, f: IO[bytes], tensors: list[OutTensor]):
         super().__init__(f, protocol=4)
