@@ -22,6 +22,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .cpu_decode import NumpyDecoder, readonly_view, writable_view
+from . import onednn
 from .quant import NARROW, Packer, packs
 from .runtime import Device, ensure_dygraph, import_paddle
 
@@ -238,6 +239,8 @@ class FastCodeGen:
         if t == 1:
             scores = paddle.matmul(q, keys, transpose_y=True) + self._mask(1, pos, capacity)
             return paddle.matmul(F.softmax(scores, axis=-1), values)
+        if self.host and onednn.available():  # the same blocks through oneDNN's sgemm per head
+            return onednn.prompt_attention(q, keys, values, pos, ATTN_BLOCK, self._triangle)
         out = []
         for i in range(0, t, ATTN_BLOCK):
             rows, seen = min(ATTN_BLOCK, t - i), pos + min(i + ATTN_BLOCK, t)
