@@ -39,7 +39,7 @@ def default_run_dir() -> Path:
 @click.option("--batch", default="1", show_default=True, help="Rows decoded together, comma-separated.")
 @click.option("--repeats", default=3, show_default=True, type=int, help="Measured runs per point.")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Warm-up runs per point.")
-@click.option("--backend", default="paddle", show_default=True, help="paddle (the engine), paddle-ref (the engine over PaddleNLP's model), hf (transformers); comma-separated.")
+@click.option("--backend", default="paddle", show_default=True, help="paddle (the engine), paddle-ref (the engine over PaddleNLP's model), hf (transformers), ct2 (CTranslate2, the same weights; --dtype int8 or float32); comma-separated.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @tensor_parallel_option(several=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default results/run-<time>).")
@@ -184,9 +184,9 @@ def recommend(run_dir, memory, gpus, max_ttft_ms, max_tpot_ms, prompt_tokens, ba
 
     rows, env = load_run(run_dir)
     dtypes = tuple(split_list(dtype))
-    bad = [d for d in dtypes if d not in ("float32", "float16", "bfloat16")]
+    bad = [d for d in dtypes if d not in DTYPE_NAMES]
     if bad or not dtypes:
-        raise BenchError(f"--dtype {dtype!r}: use float32, float16, bfloat16 (comma-separated)")
+        raise BenchError(f"--dtype {dtype!r}: use {', '.join(DTYPE_NAMES)} (comma-separated)")
     result = pick(rows, env, parse_memory(memory), gpus, max_ttft_ms, max_tpot_ms, prompt_tokens,
                   batch=batch, dtypes=dtypes, data=data, gpu_name=gpu_name)
     if as_json:

@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 
 from engine.cli_common import EXIT_OK, EXIT_PROBLEMS, user_errors, version_option
+from engine.dtypes import DTYPE_NAMES
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto",) + DTYPE_NAMES
 FORMATS = ("safetensors", "pdparams")
 
 
@@ -159,7 +160,8 @@ def from_hf(src: Path, dst: Path, dtype: str, fmt: str, verify: bool, verify_tok
 @main.command()
 @click.argument("src", metavar="DIR", type=_DIR)
 @click.argument("dst", type=_NEW)
-@click.option("--dtype", type=click.Choice(("float16", "bfloat16", "float32")), required=True)
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), required=True,
+              help="int8: weight-only, one float32 scale per output channel (a quarter of float32).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Weight file format of the result (default: the source's).")
 @_verify_option(True)

@@ -16,7 +16,9 @@ from engine.config import (CONFIG_FILE, LEGACY_CONFIG_FILE, ModelConfig, config_
                            flatten_legacy_config)
 from engine.errors import EngineError
 from engine.model import PARTIAL_SUFFIXES, WEIGHT_FILES
+from engine.dtypes import DTYPE_NAMES
 from engine.variants import ARCHITECTURES, DATA, DTYPE_BYTES, MASK_BUFFER_SUFFIXES, get_variant
+from engine.quant import split_scales
 from engine.weights import TensorInfo, describe_weights
 
 from .tokenizer_files import TOKENIZER_FILES
@@ -222,6 +224,10 @@ def _weights_arch_hint(infos: dict[str, TensorInfo]) -> str | None:
 
 def check_tensors(report: InspectReport, infos: dict[str, TensorInfo], config: ModelConfig,
                   file: str) -> None:
+    infos, scale_problems = split_scales(infos)  # int8 files: data + <name>.scale
+    for message in scale_problems[:3]:
+        report.problem("bad-scale", message, "cast the model again with `cgconvert cast "
+                       "--dtype int8`", file)
     masks, missing, extra = config.arch.match_names(infos)
     if masks:
         report.notes.append(f"{len(masks)} old attention-mask buffer(s) in {file}: tolerated, "
@@ -253,13 +259,15 @@ def check_tensors(report: InspectReport, infos: dict[str, TensorInfo], config: M
     if extra:
         report.problem("unexpected-tensor", f"{len(extra)} unexpected tensor(s), first {extra[0]!r}",
                        "use the config that came with these weights", file)
-    dtypes = sorted({i.dtype for n, i in infos.items() if n in expected})
+    quantized = any(i.dtype == "int8" for i in infos.values())  # its vectors stay float32
+    dtypes = sorted({i.dtype for n, i in infos.items()
+                     if n in expected and (len(i.shape) == 2 or not quantized)})
     if len(dtypes) > 1:
         report.problem("mixed-dtype", f"tensors of several dtypes ({', '.join(dtypes)})",
                        "re-create the file with `cgconvert cast`", file)
     elif dtypes and dtypes[0] not in DTYPE_BYTES:
-        report.problem("bad-dtype", f"weights are {dtypes[0]}, the engine loads float32, float16 "
-                       "or bfloat16", "convert with `cgconvert cast DIR NEW --dtype float16`", file)
+        report.problem("bad-dtype", f"weights are {dtypes[0]}, the engine loads "
+                       f"{', '.join(DTYPE_NAMES)}", "convert with `cgconvert cast DIR NEW --dtype float16`", file)
 
 
 def _check_weights(report: InspectReport, root: Path, config: ModelConfig | None) -> None:

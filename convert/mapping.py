@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 
 from engine.config import ModelConfig
+from engine.dtypes import WEIGHT_DTYPES as WEIGHT_DTYPE_TABLE
+from engine.quant import SCALE_SUFFIX, attach_scales, output_axis, quantize
 from engine.errors import ConfigError
 
 from .configs import config_files
@@ -42,7 +44,7 @@ class WeightPlan:
 
     @property
     def param_count(self) -> int:
-        return sum(math.prod(t.shape) for t in self.tensors)
+        return sum(math.prod(t.shape) for t in self.tensors if not t.name.endswith(SCALE_SUFFIX))
 
     @property
     def nbytes(self) -> int:
@@ -63,7 +65,7 @@ def plan_weights(tensors: dict[str, SourceTensor], config: ModelConfig, dtype: s
 
     `dtype` "auto" keeps the source dtype.  Mask buffers of old checkpoints are dropped unread.
     """
-    tensors = dict(tensors)
+    tensors = dequantized_sources(dict(tensors), where)
     masks, missing, extra = config.arch.match_names(tensors)
     dropped = sorted(masks)
     for name in dropped:
@@ -85,7 +87,7 @@ def plan_weights(tensors: dict[str, SourceTensor], config: ModelConfig, dtype: s
         raise SourceError(f"{where}: weights are {source_dtype}, not a floating-point dtype; "
                           "this is not a weight checkpoint")
     plan = WeightPlan([], source_dtype, dtype, dropped)
-    np_dtype = "uint16" if dtype == BF16 else dtype
+    np_dtype = WEIGHT_DTYPE_TABLE[dtype].numpy
     for name, shape in expected.items():
         src = tensors[name]
         flip = transpose and len(shape) == 2 and is_transposed(name)
@@ -96,11 +98,66 @@ def plan_weights(tensors: dict[str, SourceTensor], config: ModelConfig, dtype: s
                     "use the config that came with these weights")
             raise ConfigError(f"{src.origin or where}: {name} has shape {list(src.shape)} but "
                               f"{config.source} implies {list(want)}; {hint}")
+        if dtype == "int8":
+            plan.tensors.extend(_int8_tensors(src, name, shape, flip, plan, progress))
+            continue
         pieces = (_mapped_pieces(src, flip, progress) if src.map is not None and src.dtype == dtype
                   else None)
         plan.tensors.append(OutTensor(name, shape, np_dtype,
                                       _producer(src, dtype, flip, plan, progress), pieces))
     return plan
+
+
+def dequantized_sources(tensors: dict[str, SourceTensor], where: str) -> dict[str, SourceTensor]:
+    """An int8 source (int8 matrices + `<name>.scale`, engine/quant.py) as float32 tensors, read
+    lazily; any other source unchanged.  A scale without its matrix or the reverse is an error."""
+    if not any(n.endswith(SCALE_SUFFIX) for n in tensors):
+        return tensors
+    out = {n: t for n, t in tensors.items() if not n.endswith(SCALE_SUFFIX)}
+    for name, t in out.items():
+        if t.dtype != "int8":
+            continue
+        scale = tensors.get(name + SCALE_SUFFIX)
+        if scale is None:
+            raise SourceError(f"{t.origin or where}: {name} is int8 but {name}{SCALE_SUFFIX} is "
+                              "missing; the file is incomplete: cast it again")
+
+        def load(t=t, scale=scale, name=name) -> np.ndarray:
+            got = attach_scales({name: t.load(), name + SCALE_SUFFIX: scale.load()}, t.origin or where)
+            return np.asarray(got[name], np.float32)
+
+        out[name] = SourceTensor(name, t.shape, "float32", load, t.origin)
+    orphans = [n for n in tensors if n.endswith(SCALE_SUFFIX)
+               and out.get(n[:-len(SCALE_SUFFIX)], None) is None]
+    if orphans:
+        raise SourceError(f"{where}: {orphans[0]} has no int8 tensor beside it; the file is "
+                          "corrupt: cast it again")
+    return out
+
+
+def _int8_tensors(src: SourceTensor, name: str, shape: tuple[int, ...], flip: bool,
+                  plan: WeightPlan, progress: Progress | None) -> list[OutTensor]:
+    """A matrix as int8 data + its `.scale` (engine/quant.py's layout); vectors as float32.
+
+    The scale is produced after the data (the writer produces in order) from what quantising
+    the data left behind, so a matrix is read and quantised once."""
+    as_f32 = _producer(src, "float32", flip, plan, progress)
+    if len(shape) != 2:
+        return [OutTensor(name, shape, "float32", as_f32)]
+    axis = output_axis(name)
+    held: dict[str, np.ndarray] = {}
+
+    def data() -> np.ndarray:
+        q, held["scale"] = quantize(as_f32(), axis)
+        return q
+
+    def scale() -> np.ndarray:
+        if "scale" not in held:
+            data()
+        return held.pop("scale")
+
+    return [OutTensor(name, shape, "int8", data),
+            OutTensor(name + SCALE_SUFFIX, (shape[axis],), "float32", scale)]
 
 
 def _producer(src: SourceTensor, dtype: str, flip: bool, plan: WeightPlan,

@@ -10,6 +10,7 @@ written, so a conversion holds a few pieces at a time, not the whole model.
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from typing import IO, Callable, Iterator
 import numpy as np
 
 from engine import atomic
+from engine.dtypes import NUMPY_TO_SAFETENSORS
 from engine.weights import NAME_TABLE
 
 from .errors import OutputError
@@ -38,8 +40,7 @@ PIECE_BYTES = 4 << 20
 PIECES_AHEAD = 2  # pieces produced in a worker thread while one is written
 CHECKS_BEHIND = 8  # checksum parts the checker thread may lag before the writer waits for it
 WRITEBACK_BYTES = 32 << 20  # ask the kernel to start writing to disk after each this many bytes
-_ST_NAMES = {"float32": "F32", "float16": "F16", "uint16": "U16", "float64": "F64",
-             "int64": "I64", "int32": "I32", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_ST_NAMES = NUMPY_TO_SAFETENSORS
 
 
 class Scratch:
@@ -285,7 +286,20 @@ class _RawBytes(_Lazy):
 _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]
 
 
-class _StreamPickler(pickle._Pickler):  # the pure-Python Pickler: it lets a type write raw opcodes
+def _pristine_pickle():
+    """A private copy of the standard pickle module: dill (which PaddleNLP imports) replaces
+    entries of ``pickle._Pickler.dispatch`` (dict, type, ...) with its own, and a file written
+    through them names dill's functions, which our reader rightly refuses."""
+    spec = importlib.util.spec_from_file_location("_cgw_pristine_pickle", pickle.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_PICKLE = _pristine_pickle()
+
+
+class _StreamPickler(_PICKLE._Pickler):  # the pure-Python Pickler: it lets a type write raw opcodes
     """Pickles the state dict, each `_Lazy` as numpy pickles an ndarray for protocol 4.
 
     numpy's ``__reduce__`` is ``_reconstruct(ndarray, (0,), b"b")`` then BUILD with
@@ -295,7 +309,7 @@ class _StreamPickler(pickle._Pickler):  # the pure-Python Pickler: it lets a typ
     for the arrays in fast mode (tested).  No memo (fast mode), so nothing is kept alive.
     """
 
-    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch = dict(_PICKLE._Pickler.dispatch)
 
     def __init__(self, f: IO[bytes], tensors: list[OutTensor]):
         super().__init__(f, protocol=4)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.dtypes import BF16_CODES, SAFETENSORS_TO_NUMPY
 from engine.errors import WeightFileError
 from engine.weights import safetensors_header
 
@@ -14,8 +15,7 @@ from .filemap import map_range
 from .tensors import BF16, MappedData, SourceTensor, stored_dtype_name
 from .torch_pickle import read_torch_bin
 
-_ST_NP = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "U16": "<u2", "I64": "<i8",
-          "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+_ST_NP = SAFETENSORS_TO_NUMPY
 
 
 def read_safetensors_lazy(path: Path) -> dict[str, SourceTensor]:
@@ -30,7 +30,7 @@ def read_safetensors_lazy(path: Path) -> dict[str, SourceTensor]:
                     raise WeightFileError(f"{path}: file is truncated (tensor {name!r} is short); "
                                           "copy it again")
             return arr.astype(arr.dtype.newbyteorder("=")) if not arr.dtype.isnative else arr
-        dtype = BF16 if dt in ("BF16", "U16") else np.dtype(_ST_NP[dt]).name
+        dtype = BF16 if dt in BF16_CODES else np.dtype(_ST_NP[dt]).name
         out[name] = SourceTensor(name, shape, dtype, load, str(path),
                                  _st_mapper(path, name, np.dtype(_ST_NP[dt]), shape, start + begin))
     return out

@@ -11,12 +11,12 @@ from typing import Callable
 
 import numpy as np
 
+from engine.dtypes import BF16, DTYPE_NAMES, bf16_bits_to_f32, f32_to_bf16_bits, stored_name
 from engine.errors import OptionError
 
 from .filemap import CrcCheck
 
-BF16 = "bfloat16"
-WEIGHT_DTYPES = ("float32", "float16", BF16)
+WEIGHT_DTYPES = DTYPE_NAMES
 
 
 @dataclass(frozen=True)
@@ -53,23 +53,7 @@ class MappedData:
 
 def stored_dtype_name(arr: np.ndarray) -> str:
     """The weight dtype an array stands for (uint16 is Paddle's bfloat16)."""
-    return BF16 if arr.dtype == np.uint16 else arr.dtype.name
-
-
-def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """Round to nearest even, NaN kept NaN (as torch and Paddle do)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    bits = x.view(np.uint32)
-    rounded = ((bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))))
-               >> np.uint32(16)).astype(np.uint16)
-    nan = np.isnan(x)
-    if nan.any():
-        rounded[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
-    return rounded
+    return stored_name(arr.dtype.name)
 
 
 def check_weight_dtype(dtype: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .dtypes import DTYPE_HELP, DTYPE_NAMES
 from .errors import EngineError
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -31,7 +32,6 @@ def user_errors(fn):
 
 
 # ---- option bundles the CLIs share (engine demo, cgserve, cgbench) ----
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _env(env: str | None, name: str) -> dict:
@@ -43,10 +43,11 @@ def dtype_option(env: str | None = None, several: bool = False, default: str = "
     """--dtype: the weights' dtype; `several`: a comma-separated list (cgbench sweeps)."""
     if several:
         return click.option("--dtype", default=default, show_default=True,
-                            help=f"Weight dtypes, comma-separated ({', '.join(DTYPES)}).",
+                            help=f"Weight dtypes, comma-separated ({', '.join(DTYPE_NAMES)}; "
+                                 "int8: weight-only).",
                             **_env(env, "DTYPE"))
-    return click.option("--dtype", default=default, show_default=True, type=click.Choice(DTYPES),
-                        help="Weight dtype.", **_env(env, "DTYPE"))
+    return click.option("--dtype", default=default, show_default=True,
+                        type=click.Choice(DTYPE_NAMES), help=DTYPE_HELP, **_env(env, "DTYPE"))
 
 
 def device_option(env: str | None = None):

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from .quant import PackedMatrix
+
 _GELU_C = math.sqrt(2.0 / math.pi)
 # Attention over at least this many (row, head, key) triples uses einsum, below it matmul.
 # numpy's matmul over a stack of [seen, head_dim] matrices calls OpenBLAS once per head and
@@ -83,6 +85,8 @@ GEMM_MIN_ROWS = 4
 
 def _mv(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """x @ w.T [rows, out] for w stored [out, in] (OpenBLAS sgemv "T" for one row)."""
+    if isinstance(w, PackedMatrix):  # int8/float16/bfloat16: reads w once (engine/cpu_kernels.py)
+        return w.mv(x)
     if len(x) == 1:
         return np.matmul(w, x[0])[None]
     if len(x) < GEMM_MIN_ROWS:
@@ -90,11 +94,19 @@ def _mv(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.matmul(w, x.T).T  # several rows: a GEMM with w as is, 1.8x faster than x @ w.T
 
 
-def _vm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x @ w [rows, out] for w stored [in, out] (fc_in, the vocabulary projection)."""
+def _vm(x: np.ndarray, w) -> np.ndarray:
+    """x @ w [rows, out] for w stored [in, out] (fc_in, the vocabulary projection); a
+    PackedMatrix is stored [out, in] (see _mv)."""
+    if isinstance(w, PackedMatrix):
+        return w.mv(x)
     if 1 < len(x) < GEMM_MIN_ROWS:
         return np.stack([row @ w for row in x])
     return x @ w
+
+
+def _view(tensor):
+    """A numpy view of a weight tensor; a PackedMatrix is numpy already."""
+    return tensor if isinstance(tensor, PackedMatrix) else readonly_view(tensor)
 
 
 def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -123,11 +135,11 @@ class NumpyDecoder:
         self.reduce = model.reduce  # tensor parallel: all-reduce of a numpy array (None: one rank)
         self.bounds = tuple(model.qkv_bounds[1:4])  # ends of qkv_w's r1, r2 and pass rows
         names = ("ln_w", "ln_b", "qkv_w", "out_w", "fc_in_w", "fc_in_b", "fc_out_w", "fc_out_b")
-        self.layers = [tuple(readonly_view(getattr(layer, name)) for name in names)
+        self.layers = [tuple(_view(getattr(layer, name)) for name in names)
                        for layer in model.layers]
-        self.wte = readonly_view(model.wte)
+        self.wte = _view(model.wte)
         self.ln_f = (readonly_view(model.ln_f_w), readonly_view(model.ln_f_b))
-        self.lm = (readonly_view(model.lm_w), readonly_view(model.lm_b))
+        self.lm = (_view(model.lm_w), readonly_view(model.lm_b))
         # cos/sin per position laid out like r1/r2's rows (q heads, then k heads)
         reps = 2 * self.n_head
         self.cos = np.ascontiguousarray(np.tile(readonly_view(model.cos), reps))
@@ -152,7 +164,8 @@ class NumpyDecoder:
         rows, heads, dim, half = len(tokens), self.n_head, self.head_dim, self.half
         rot, rot2, qk_end = self.bounds
         positions = np.fromiter((c.length for c in caches), np.int64, rows)
-        x = self.wte[tokens]  # [rows, embd], a copy
+        x = self.wte.widened(tokens) if isinstance(self.wte, PackedMatrix) \
+            else self.wte[tokens]  # [rows, embd], a copy
         cos, sin = self.cos[positions], self.sin[positions]  # [rows, 2 * heads * half]
         reduce = self.reduce
         for i, (ln_w, ln_b, qkv_w, out_w, fc_in_w, fc_in_b, fc_out_w, fc_out_b) in enumerate(

@@ -23,6 +23,8 @@ import numpy as np
 from .config import ModelConfig
 from .cpu_decode import NumpyDecoder, readonly_view, writable_view
 from .interface import KVCache, Prefill
+from . import onednn
+from .quant import NARROW, Packer, packs
 from .runtime import Device, ensure_dygraph, import_paddle
 
 CACHE_BLOCK = 256  # KV-cache capacity grows in steps of this many positions
@@ -139,7 +141,12 @@ class FastCodeGen:
         # where qkv_w's row blocks start and end: [0, r1 end, r2 end, pass end, v end]
         self.qkv_bounds = bounds = np.cumsum([0] + [cols[p].size for p in QKV_PARTS]).tolist()
         tensors = {}
+        # int8 anywhere, float16/bfloat16 on CPU: matrices packed [out, in] (engine/quant.py)
+        pack = Packer(dtype, device, self.compute, order, scale) if packs(dtype, device.kind) else None
         for name, array in arrays:
+            if pack is not None and np.ndim(array) == 2:
+                tensors[name] = pack(name, array)
+                continue
             if name.endswith("attn.qkv_proj.weight"):  # [in, out] -> rows r1 | r2 | pass | v
                 array = np.asarray(array, np.float32)
                 tensors[name] = self._to_device((array[:, order] * scale[order]).T)
@@ -168,7 +175,8 @@ class FastCodeGen:
         self._mask_cache: dict[tuple[int, int], object] = {}
         # CPU float32: numpy works on the same memory where Paddle's CPU kernels are slow
         # (decode steps, strided cache writes, the prompt's causal mask; engine/cpu_decode.py)
-        self.host = device.kind == "cpu" and dtype == "float32" and not self.mixed
+        self.host = device.kind == "cpu" and self.compute == "float32" and (
+            pack is not None or not self.mixed)
         self.numpy_decode = NumpyDecoder(self) if self.host else None
 
     def _to_device(self, array: np.ndarray, dtype: str | None = None):
@@ -181,6 +189,12 @@ class FastCodeGen:
         """x @ w + b (x @ w.T + b when `transposed`, w stored [out, in]) with w stored in
         `dtype` and x, b, the result in the compute dtype."""
         paddle, F = self._paddle, self._paddle.nn.functional
+        if isinstance(w, NARROW):  # packed [out, in], whatever `transposed` (engine/quant.py)
+            y = w.matmul(x)
+            if b is not None and self.host:
+                writable_view(y)[...] += readonly_view(b)
+                return y
+            return y if b is None else y + b
         if not self.mixed:
             y = paddle.matmul(x, w, transpose_y=True) if transposed else F.linear(x, w)
             if b is None:
@@ -239,6 +253,8 @@ class FastCodeGen:
         if t == 1:
             scores = paddle.matmul(q, keys, transpose_y=True) + self._mask(1, pos, capacity)
             return paddle.matmul(F.softmax(scores, axis=-1), values)
+        if self.host and onednn.available():  # the same blocks through oneDNN's sgemm per head
+            return onednn.prompt_attention(q, keys, values, pos, ATTN_BLOCK, self._triangle)
         out = []
         for i in range(0, t, ATTN_BLOCK):
             rows, seen = min(ATTN_BLOCK, t - i), pos + min(i + ATTN_BLOCK, t)
@@ -309,7 +325,8 @@ class FastCodeGen:
 
     def _embed(self, ids: np.ndarray):
         paddle, F = self._paddle, self._paddle.nn.functional
-        x = F.embedding(paddle.to_tensor(ids, dtype="int64"), self.wte)
+        ids_t = paddle.to_tensor(ids, dtype="int64")
+        x = self.wte.embed(ids_t) if isinstance(self.wte, NARROW) else F.embedding(ids_t, self.wte)
         return x.astype(self.compute) if self.mixed else x
 
     def _head(self, x):

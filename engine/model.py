@@ -290,6 +290,7 @@ def random_tokenizer(tokenizer_dir: Path, source: str, vocab_size: int):
 
 def load_directory(model_dir: Path, dtype: str, device: Device, impl: str = "fast") -> LoadedModel:
     from .tokenizer import load_tokenizer
+    from .quant import attach_scales
     from .weights import read_weights
 
     start = time.perf_counter()
@@ -307,7 +308,7 @@ def load_directory(model_dir: Path, dtype: str, device: Device, impl: str = "fas
         raise ConfigError(f"{model_dir}: the tokenizer has {tokenizer.usable_ids()} tokens but "
                           f"{config.source} gives vocab_size {config.arch.vocab_size}; the "
                           "tokenizer files belong to another model, copy the matching ones")
-    weights = read_weights(weight_path)
+    weights = attach_scales(read_weights(weight_path), weight_path)  # int8 files: data + scale
     check_weights(weights, config, weight_path)
     activate_device(device, dtype)
     model = build_model(weights.items(), config, dtype, device, impl)

@@ -18,11 +18,12 @@ import threading
 import warnings
 from dataclasses import dataclass
 
+from .dtypes import DTYPE_NAMES
 from .errors import OptionError
 
 log = logging.getLogger("engine")
 _KEPT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = DTYPE_NAMES
 _APPLIED: dict[str, str] = {}
 
 
@@ -139,6 +140,9 @@ def parse_device(text: str) -> Device:
 def check_dtype(dtype: str, device: Device, impl: str = "fast") -> str:
     if dtype not in DTYPES:
         raise OptionError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    if dtype == "int8" and impl != "fast":
+        raise OptionError(f"dtype int8 works with impl fast only (PaddleNLP's model has no int8 "
+                          f"weights); use impl fast, or --dtype float32 with impl {impl}")
     if device.kind == "cpu" and dtype != "float32" and impl != "fast":
         raise OptionError(f"dtype {dtype} with impl {impl} needs a GPU: Paddle's CPU build has no "
                           f"{dtype} matmul; use --dtype float32 on cpu, or impl fast (stores "
@@ -154,7 +158,7 @@ def compute_dtype_for(dtype: str, device: Device) -> str:
     of the fp32 rate: there weights stay float16 (half the memory) and everything
     else runs in float32.  Newer GPUs compute in the stored dtype.
     """
-    if dtype == "float32" or device.kind == "cpu":
+    if dtype in ("float32", "int8") or device.kind == "cpu":  # int8: weights only
         return "float32"
     paddle = import_paddle()
     major, _ = paddle.device.cuda.get_device_capability(device.index)

@@ -9,6 +9,7 @@ import difflib
 import math
 from dataclasses import dataclass
 
+from .dtypes import DTYPE_BYTES
 from .errors import OptionError, UnknownVariantError
 
 SIZES = ("350M", "2B", "6B", "16B")
@@ -18,7 +19,6 @@ DATA_NOTES = {
     "multi": "nl, then C, C++, Go, Java, JavaScript and Python",
     "mono": "multi, then Python only",
 }
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 EOS_TOKEN_ID = 50256
 BOS_TOKEN_ID = 1
 MASK_BUFFER_SUFFIXES = (".attn.causal_mask", ".attn.bias", ".attn.masked_bias")

@@ -30,16 +30,16 @@ from typing import Any, Union
 import numpy as np
 
 from .atomic import atomic_write
+from .dtypes import (BF16_CODES, NUMPY_TO_SAFETENSORS, SAFETENSORS_TO_NUMPY, bf16_bits_to_f32,
+                     stored_name)
 from .errors import WeightFileError
 
 PathLike = Union[str, "os.PathLike[str]"]
 NAME_TABLE = "StructuredToParameterName@@"
 SPLIT_TABLE = "UnpackBigParamInfor@@"
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
-_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "U16": "<u2", "I64": "<i8",
-              "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
-_NP_TO_ST = {"float64": "F64", "float32": "F32", "float16": "F16", "uint16": "U16", "int64": "I64",
-             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_ST_DTYPES = SAFETENSORS_TO_NUMPY
+_NP_TO_ST = NUMPY_TO_SAFETENSORS
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,7 @@ def _file_size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    """Exact widening of bfloat16 bit patterns (uint16) to float32."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+_bf16_to_f32 = bf16_bits_to_f32
 
 
 def _unpickle(path: Path) -> Any:
@@ -263,7 +261,7 @@ def read_safetensors(path: PathLike) -> dict[str, np.ndarray]:
             f.seek(start + begin)
             if f.readinto(arr.reshape(-1).view(np.uint8)) != arr.nbytes:
                 raise WeightFileError(f"{p}: file is truncated (tensor {name!r} is short); copy it again")
-            out[name] = _bf16_to_f32(arr) if dt in ("BF16", "U16") else arr
+            out[name] = _bf16_to_f32(arr) if dt in BF16_CODES else arr
     return out
 
 
@@ -285,9 +283,9 @@ def describe_weights(path: PathLike) -> dict[str, TensorInfo]:
     p = Path(path)
     if _kind(p) == ".safetensors":
         _, entries, _ = safetensors_header(p)
-        return {n: TensorInfo(n, shape, "bfloat16" if dt in ("BF16", "U16") else
+        return {n: TensorInfo(n, shape, "bfloat16" if dt in BF16_CODES else
                               np.dtype(_ST_DTYPES[dt]).name) for n, (dt, shape, _) in entries.items()}
-    return {n: TensorInfo(n, tuple(a.shape), "bfloat16" if a.dtype == np.uint16 else a.dtype.name)
+    return {n: TensorInfo(n, tuple(a.shape), stored_name(a.dtype.name))
             for n, a in read_pdparams_raw(p).items()}
 
 

@@ -99,3 +99,21 @@ def test_transpose2d(shape):
     assert out.flags.c_contiguous and np.array_equal(out, a.T)
     bits = f32_to_bf16_bits(a)
     np.testing.assert_array_equal(transpose2d(bits), bits.T)
+
+
+def test_pdparams_written_after_dill_is_imported(model_dirs, tmp_path):
+    """PaddleNLP imports dill, which swaps entries of pickle's dispatch table for its own; a
+    pdparams written through them named dill's functions and could not be read back.  In a
+    fresh process, so that dill comes before the writer module."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("dill")
+    root = Path(__file__).resolve().parent.parent
+    code = ("import dill, sys; from pathlib import Path; from convert.cast import cast_dir; "
+            "from engine.weights import read_pdparams; "
+            "cast_dir(Path(sys.argv[1]), Path(sys.argv[2]), 'float16', 'pdparams'); "
+            "read_pdparams(Path(sys.argv[2]) / 'model_state.pdparams')")
+    done = subprocess.run([sys.executable, "-c", code, str(model_dirs["modern"]),
+                           str(tmp_path / "out")], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]

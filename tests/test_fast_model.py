@@ -207,6 +207,9 @@ def test_fork_trim_and_release():
     assert copy.capacity == 0 and copy.nbytes == 0
 
 
-def test_numpy_decode_only_for_float32_on_cpu(model_dirs):
+def test_numpy_decode_for_every_dtype_on_cpu(model_dirs):
+    from engine.quant import PackedMatrix
+
     half = load(model_dirs["modern"], dtype="bfloat16", prefix_cache_bytes=0)
-    assert half.model.numpy_decode is None  # half storage decodes through Paddle
+    assert half.model.numpy_decode is not None  # packed weights, read by engine/cpu_kernels.py
+    assert isinstance(half.model.layers[0].qkv_w, PackedMatrix)

@@ -176,7 +176,14 @@ class PaddleReferenceBackend(PaddleBackend):
     impl = "reference"
 
 
-BACKENDS = {"paddle": PaddleBackend, "paddle-ref": PaddleReferenceBackend, "hf": HfBackend}
+def _ct2_backend(point: Point):
+    from .ct2_backend import Ct2Backend
+
+    return Ct2Backend(point)
+
+
+BACKENDS = {"paddle": PaddleBackend, "paddle-ref": PaddleReferenceBackend, "hf": HfBackend,
+            "ct2": _ct2_backend}
 
 
 def prompt_ids(seed: int, repeat: int, length: int, usable_ids: int) -> list[int]:

@@ -12,7 +12,10 @@ from engine.variants import DATA, SIZES, get_variant
 
 from ..errors import BenchError
 
-BACKENDS = ("paddle", "paddle-ref", "hf")
+BACKENDS = ("paddle", "paddle-ref", "hf", "ct2")
+# the weight dtypes each backend other than the engine's runs
+BACKEND_DTYPES = {"hf": ("float32", "float16", "bfloat16"), "ct2": ("float32", "int8", "float16",
+                                                                   "bfloat16")}
 DEFAULTS = {
     "prompt_tokens": (128,), "new_tokens": (16,), "batch": (1,), "repeats": 3, "warmup": 1,
     "dtype": ("float32",), "backend": ("paddle",), "seed": 0,
@@ -164,6 +167,9 @@ def build_plan(variants: str | None = None, sizes: str | None = None, data: str 
                     check_dtype(d, parse_device(dev), "reference" if b == "paddle-ref" else "fast")
             except EngineError as exc:
                 raise BenchError(f"--dtype: {exc}") from None
+            if d not in BACKEND_DTYPES.get(b, DTYPES):
+                raise BenchError(f"--dtype {d} is not one --backend {b} runs; it runs "
+                                 f"{', '.join(BACKEND_DTYPES[b])}: drop {b} or that dtype")
     names = resolve_variants(variants, sizes, data, dev)
     sources = weights_for(weights, names)
     prompts = parse_ints(prompt_tokens, "--prompt-tokens", DEFAULTS["prompt_tokens"])

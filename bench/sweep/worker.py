@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from engine.atomic import atomic_write_bytes
+from engine.dtypes import WEIGHT_DTYPES
 from engine.runtime import configure_cpu_threads
 
 from ..latency import LatencyStats, gaps
@@ -50,7 +51,7 @@ def identity(point: Point) -> dict:
     row.update(point.to_dict())
     arch = v.arch
     row.update(param_count=arch.param_count, weight_bytes=arch.weight_bytes(point.dtype),
-               kv_bytes_per_token=arch.kv_bytes_per_token(point.dtype))
+               kv_bytes_per_token=arch.kv_bytes_per_token(WEIGHT_DTYPES[point.dtype].cache_dtype))
     return row
 
 
