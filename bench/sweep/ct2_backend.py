@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 
-from .errors import BenchError
+from ..errors import BenchError
 
 COMPUTE_TYPES = {"float32": "float32", "int8": "int8", "float16": "float16",
                  "bfloat16": "bfloat16"}
