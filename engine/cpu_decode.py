@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from .cpu_kernels import attend, rows_times
 from .quant import PackedMatrix
 
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -76,10 +77,12 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     return x
 
 
-# Several rows (sequences decoding together): measured on this project's 2-core machine for 20
-# [4096, 1024] float32 matrices, one call per matrix: a row-by-row loop of GEMVs is fastest for
-# 2 rows (1.8x one row, against 2.6x for one GEMM), and one GEMM from 4 rows on (4: 2.9x, 8:
-# 2.4x, 16: 3.6x one row; the row loop grows linearly); Paddle's matmul lost at every count.
+# Several rows (sequences decoding together): OpenBLAS's GEMM for 2-16 rows packs (copies) the
+# whole weight first, so it costs 2.4-6x one matrix-vector product (measured on this project's
+# 2-core machine, 20 [4096, 1024] float32 matrices); a row-by-row loop of GEMVs reads the
+# weights once per row.  Matrices stored [out, in] go through cpu_kernels.rows_times (each
+# weight read once for all rows: 1.3-1.9x one GEMV at 8 rows); the [in, out] ones (fc_in, the
+# vocabulary projection) loop GEMVs below GEMM_MIN_ROWS rows and take one GEMM from there.
 GEMM_MIN_ROWS = 4
 
 
@@ -89,9 +92,7 @@ def _mv(w: np.ndarray, x: np.ndarray) -> np.ndarray:
         return w.mv(x)
     if len(x) == 1:
         return np.matmul(w, x[0])[None]
-    if len(x) < GEMM_MIN_ROWS:
-        return np.stack([np.matmul(w, row) for row in x])
-    return np.matmul(w, x.T).T  # several rows: a GEMM with w as is, 1.8x faster than x @ w.T
+    return rows_times(w, x)  # several rows: each weight read once (engine/cpu_kernels.py)
 
 
 def _vm(x: np.ndarray, w) -> np.ndarray:
@@ -186,7 +187,10 @@ class NumpyDecoder:
                 pos = positions[r]
                 keys[:, pos] = qk[r, 1]
                 values[:, pos] = v[r]
-                attn[r] = _attend(qk[r, 0], keys[:, :pos + 1], values[:, :pos + 1])
+                if rows == 1:  # numpy's einsum reads a long cache fastest (see EINSUM_MIN)
+                    attn[r] = _attend(qk[r, 0], keys[:, :pos + 1], values[:, :pos + 1])
+                else:  # one compiled call per row instead of numpy's per-head calls
+                    attn[r] = attend(qk[r, 0], keys, values, pos + 1)
             up = _vm(h, fc_in_w)
             up += fc_in_b
             mlp = _mv(fc_out_w, _gelu_tanh(up))

@@ -79,6 +79,8 @@ def widen(value):  # pragma: no cover - replaced by the overload inside numba
 
 @overload(widen, inline="always")
 def _widen(value):
+    if value == types.float32:  # float32 weights of a batched decode step (rows_times)
+        return lambda value: value
     if value == types.int8:
         return lambda value: np.float32(value)
     if value == types.uint16:
@@ -220,6 +222,26 @@ def mv(w: np.ndarray, scale: np.ndarray, x: np.ndarray, out: np.ndarray | None =
     return out
 
 
+_ONES: dict[int, np.ndarray] = {}
+
+
+def rows_times(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """x @ w.T [rows, out] for a float32 w stored [out, in] and several rows x: the pairs kernel
+    reads w once for all rows, where OpenBLAS's GEMM first packs (copies) all of w.  Measured
+    here for 20 [4096, 1024] matrices (TBB layer, loaded machine, one run): 8 rows 1.3-1.9x one
+    GEMV against 2.6-3.8x for OpenBLAS's GEMM; 16 rows 3.1x against 4.8-5.1x."""
+    if w.dtype != np.float32 or w.ndim != 2 or not w.flags.c_contiguous:
+        raise ValueError(f"rows_times needs a C-contiguous float32 matrix, not {w.dtype} {w.shape}")
+    ones = _ONES.get(w.shape[0])
+    if ones is None:
+        ones = _ONES[w.shape[0]] = np.ones(w.shape[0], np.float32)
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    with _LOCK:
+        _mv_pairs(w, ones, x, out)
+    return out
+
+
 def dequantize(w: np.ndarray, scale: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out[...] = w * scale[:, None] in float32 (out: C-contiguous, w's shape)."""
     _check(w, scale)
@@ -263,3 +285,42 @@ def rescale(c: np.ndarray, row_scale: np.ndarray, col_scale: np.ndarray, out: np
     """out = c (int32) * row_scale[:, None] * col_scale[None, :], in float32."""
     with _LOCK:
         _rescale(c, row_scale, col_scale, out)
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True)
+def _attend_heads(q, keys, values, seen, out):  # pragma: no cover - compiled
+    """out[h] = softmax(keys[h, :seen] . q[h]) . values[h, :seen], heads in parallel."""
+    heads, dim = q.shape
+    for h in nb.prange(heads):
+        scores = np.empty(seen, np.float32)
+        top = np.float32(-np.inf)
+        for s in range(seen):
+            acc = np.float32(0.0)
+            for d in range(dim):
+                acc += keys[h, s, d] * q[h, d]
+            scores[s] = acc
+            top = max(top, acc)
+        total = np.float32(0.0)
+        for s in range(seen):
+            e = np.exp(scores[s] - top)
+            scores[s] = e
+            total += e
+        inv = np.float32(1.0) / total
+        for d in range(dim):
+            out[h, d] = 0.0
+        for s in range(seen):
+            p = scores[s] * inv
+            for d in range(dim):
+                out[h, d] += p * values[h, s, d]
+
+
+def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, seen: int) -> np.ndarray:
+    """One sequence's attention over its cache: q [heads, dim] (pre-scaled), keys/values
+    [heads, capacity, dim] of which the first `seen` positions count; [heads, dim].  One
+    compiled call per row and layer, where numpy's per-head matmuls cost ~0.25 ms of call
+    overhead per row and layer at a few hundred positions (a batched decode step calls it for
+    every row)."""
+    out = np.empty(q.shape, np.float32)
+    with _LOCK:
+        _attend_heads(np.ascontiguousarray(q, np.float32), keys, values, int(seen), out)
+    return out

@@ -96,3 +96,16 @@ def test_decoder_reads_the_model_memory():
     views = model.numpy_decode.layers[0]
     qkv = readonly_view(model.layers[0].qkv_w)
     assert any(v.ctypes.data == qkv.ctypes.data and v.shape == qkv.shape for v in views)
+
+
+@pytest.mark.parametrize("seen", [1, 7, 300])
+def test_compiled_attention_of_one_row_equals_the_formula(seen):
+    from engine.cpu_kernels import attend
+
+    rng = np.random.default_rng(seen)
+    heads, capacity, dim = 4, 320, 16
+    q = rng.standard_normal((heads, dim), dtype=np.float32)
+    keys = rng.standard_normal((heads, capacity, dim), dtype=np.float32)
+    values = rng.standard_normal((heads, capacity, dim), dtype=np.float32)
+    want = _softmax_attention(q, keys[:, :seen], values[:, :seen])
+    np.testing.assert_allclose(attend(q, keys, values, seen), want, rtol=1e-4, atol=1e-5)
