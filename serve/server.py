@@ -79,6 +79,10 @@ class Server:
             if left:
                 log.warning("grace period over: cancelled %d unfinished request(s)", left)
             await _wait_until(lambda: state.active == 0, 5.0)
+            # the worker ends once its step is over (a cancelled prompt stops between two
+            # layers): exiting while it is inside Paddle or numba would abort the process
+            if not await _wait_until(lambda: state.scheduler.join(0), 30.0):
+                log.warning("the engine's worker did not stop within 30 s")
         if self.http is not None:
             await self.http.close_all_connections()
 

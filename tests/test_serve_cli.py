@@ -142,3 +142,31 @@ def test_real_run_serves_then_stops_on_sigterm():
     stderr = proc.stderr.read()
     assert "def f(" not in stderr  # the access log keeps the prompt private
     assert "POST /v1/engines/codegen/completions" in stderr
+
+
+def test_sigterm_during_generation_stops_the_worker_first_and_exits_0():
+    """Past the grace period the running request is cancelled and the server waits for the
+    engine's worker to leave its step before exiting (a daemon thread killed inside Paddle or
+    numba aborts the process: 'FATAL: exception not rethrown')."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from serve.cli import main; main()", "random:tiny", "--port", "0",
+         "--grace", "0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().rsplit(" at ", 1)[1].strip()
+        request = urllib.request.Request(
+            url + "/v1/completions", method="POST",
+            data=json.dumps({"prompt": "x" * 60, "max_tokens": 60, "stream": True,
+                             "ignore_eos": True}).encode(),
+            headers={"Content-Type": "application/json"})
+        response = urllib.request.urlopen(request, timeout=60)
+        assert response.readline().startswith(b"data: ")  # generating now
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        response.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "FATAL" not in proc.stderr.read()
