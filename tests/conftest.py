@@ -93,3 +93,18 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     return attempts
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """cgserve's server replaced by a recorder of the config it would have run with."""
+    import serve.server
+
+    seen = {}
+
+    def fake_run(config, loader):
+        seen["config"] = config
+        return 0
+
+    monkeypatch.setattr(serve.server, "run", fake_run)
+    return seen

@@ -18,26 +18,6 @@ from serve.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("CGSERVE_"):
-            monkeypatch.delenv(key)
-
-
-@pytest.fixture
-def captured(monkeypatch):
-    """Replace the server with a recorder of the config it would have run with."""
-    seen = {}
-
-    def fake_run(config, loader):
-        seen["config"] = config
-        return 0
-
-    monkeypatch.setattr(serve.server, "run", fake_run)
-    return seen
-
-
 def test_help_and_version():
     runner = CliRunner()
     help_text = runner.invoke(main, ["--help"]).output

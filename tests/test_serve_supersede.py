@@ -245,15 +245,6 @@ def test_superseded_request_costs_no_prompt_work(reuse_gen):
 
 # ---- options ----
 
-@pytest.fixture
-def captured(monkeypatch):
-    seen = {}
-    monkeypatch.setattr(serve.server, "run", lambda config, loader: seen.setdefault("config", config) and 0)
-    for key in ("CGSERVE_SUPERSEDE", "CGSERVE_PREFIX_CACHE_MB"):
-        monkeypatch.delenv(key, raising=False)
-    return seen
-
-
 @pytest.mark.parametrize("args, env, supersede, cache_bytes", [
     ([], {}, True, None),
     (["--no-supersede", "--prefix-cache-mb", "0"], {}, False, 0),

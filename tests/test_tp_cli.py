@@ -15,25 +15,6 @@ from engine.__main__ import main as engine_main
 from serve.cli import main as cgserve
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("CGSERVE_"):
-            monkeypatch.delenv(key)
-
-
-@pytest.fixture
-def captured(monkeypatch):
-    seen = {}
-
-    def fake_run(config, loader):
-        seen["config"] = config
-        return 0
-
-    monkeypatch.setattr(serve.server, "run", fake_run)
-    return seen
-
-
 def test_cgserve_passes_tensor_parallel_to_load(captured):
     result = CliRunner().invoke(cgserve, ["random:16B-multi", "--tensor-parallel", "2",
                                           "--dtype", "float16", "--device", "gpu"])
