@@ -8,6 +8,7 @@ import click
 from engine.cli_common import (device_option, dtype_option, speculate_options,
                                tensor_parallel_option, tokenizer_option,
                                user_errors, version_option)
+from engine.dtypes import DTYPE_NAMES
 from serve.speculate import LINES_AHEAD, MAX_LINES_AHEAD
 
 from .errors import BenchError

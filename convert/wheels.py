@@ -215,7 +215,15 @@ def project_packages(project: Path) -> list[str]:
         raise BundleError(f"{project / 'setup.cfg'}: not found; cgconvert bundle builds the "
                           "workbench's wheel from its source checkout: run it from a clone (pip "
                           "install -e .) or pass --project DIR")
-    return [p.strip() for p in cfg.get("options", "packages", fallback="").replace(",", " ").split()]
+    listed = cfg.get("options", "packages", fallback="").replace(",", " ").split()
+    if listed == ["find:"]:  # setuptools' find with an include list: its top-level names
+        listed = cfg.get("options.packages.find", "include", fallback="").replace(",", " ").split()
+        listed = [name for name in listed if "*" not in name and "." not in name]
+    missing = [name for name in listed if not (project / name).is_dir()]
+    if not listed or missing:
+        raise BundleError(f"{project / 'setup.cfg'}: packages {missing or listed!r} are not "
+                          "directories of the checkout; pass --project DIR of a workbench clone")
+    return listed
 
 
 def build_project_wheel(project: Path, out_dir: Path) -> Path:

@@ -365,3 +365,17 @@ def test_wheels_from_an_http_index_survive_an_interruption(inputs, tmp_path, mon
         assert verify(dest).exit_code == 0
     finally:
         index.close()
+
+
+def test_the_project_packages_come_from_setup_cfg_find_or_list(tmp_path):
+    from convert.bundle import BundleError
+    from convert.wheels import project_packages
+
+    for name in ("engine", "serve"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "setup.cfg").write_text("[options]\npackages = find:\n\n[options.packages.find]\n"
+                                       "include = engine, engine.*, serve, serve.*\n")
+    assert project_packages(tmp_path) == ["engine", "serve"]
+    (tmp_path / "setup.cfg").write_text("[options]\npackages = engine, serve, bench\n")
+    with pytest.raises(BundleError, match="bench"):
+        project_packages(tmp_path)
