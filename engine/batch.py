@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import OptionError
+from .errors import EngineError, OptionError
 from .reuse import PREFILL_CHUNK, PromptRun, Prompts
 from .sampling import SamplingParams
 from .sequence import ChoiceState, GenerationResult, Sampler, TokenEvent
@@ -339,7 +339,7 @@ class Batch:
         if req.finished:
             return
         self._leave(req)
-        if not isinstance(exc, OptionError) and not getattr(exc, "reported", False):
+        if not isinstance(exc, EngineError):  # a known failure says itself in one line
             log.error("a request failed (the others go on)", exc_info=exc)
         for cache in [row.cache for row in req.rows] or (
                 [req.prompt.cache] if req.prompt is not None else []):

@@ -20,6 +20,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import EngineError
+
 from .speculate import LINES_AHEAD, line_prefixes
 
 log = logging.getLogger("serve")
@@ -291,7 +293,7 @@ class Scheduler:
         try:
             result = self.generator.warm(text, cancel, client=client)
         except Exception as exc:  # a warm-up is an optimisation: never let it stop the worker
-            if not getattr(exc, "reported", False):  # e.g. a lost tensor-parallel rank
+            if not isinstance(exc, EngineError):  # a known one (a lost rank) said itself
                 log.exception("speculative warm-up failed")
             result = None
         finally:

@@ -28,8 +28,7 @@ HEADER = 8  # int64s: op, payload length, up to 6 arguments
 class RankLost(EngineError):
     """The model cannot run: a tensor-parallel rank is gone (cgserve answers 503)."""
 
-    http_status = 503
-    reported = True  # the group printed the one line already: no traceback per request
+    http_status = 503  # the group printed its one line already; an EngineError logs no traceback
 
 
 class Channel:
