@@ -50,6 +50,7 @@ class ByteScriptModel:
         self.script, self.step_s, self.gate, self.started = script, step_s, gate, started
         self.vocab = vocab
         self.device = Device("cpu")
+        self.config = None  # set by FakeGenerator
 
     def _row(self, step: int) -> np.ndarray:
         row = np.full(self.vocab, -1e4, np.float32)
@@ -123,6 +124,7 @@ class FakeGenerator(Generator):
         arch.update(vocab_size=257, eos_token_id=256, pad_token_id=256)
         config = config_from_dict(arch, "fake")
         model = ByteScriptModel(script.encode("utf-8"), step_s, gate, self.started, 257)
+        model.config = config
         self.calls: list[tuple] = []
         self.results: list[GenerationResult] = []
         super().__init__(LoadedModel(model, tokenizer, config, "fake", 0.0),

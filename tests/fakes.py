@@ -29,6 +29,7 @@ class ScriptedModel:
         self.rows_per_decode: list[int] = []
         self.released = 0
         self.device = Device("cpu")
+        self.config = None  # set by scripted_generator
 
     def _row(self, step: int) -> np.ndarray:
         row = np.zeros(self.vocab, np.float32)
@@ -91,6 +92,7 @@ def scripted_generator(script, tokenizer, n_positions: int = 2048, on_decode=Non
     arch["n_positions"] = arch["n_ctx"] = n_positions
     config = config_from_dict(arch, "scripted")
     model = ScriptedModel(script, on_decode=on_decode)
+    model.config = config
     return Generator(LoadedModel(model, tokenizer, config, "scripted", 0.0), **generator_kwargs)
 
 
