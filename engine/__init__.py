@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .errors import (ConfigError, EngineError, ModelFilesError, OptionError,
                      UnknownVariantError, WeightFileError)
-from .generate import Choice, GenerationResult, Generator, Stream, TokenEvent
+from .generate import (DEFAULT_MAX_BATCH, Choice, GenerationResult, Generator, Stream,
+                       TokenEvent)
 from .runtime import parse_device
 from .sampling import SamplingParams
 from .variants import TINY, VARIANTS, Architecture, Variant, get_variant
@@ -28,7 +29,7 @@ DEFAULT_MODEL = "random:350M-mono"
 def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
          seed: int = 0, impl: str = "fast",
          prefix_cache_bytes: int | None = None,
-         tokenizer: str | Path | None = None, max_batch: int = 8,
+         tokenizer: str | Path | None = None, max_batch: int = DEFAULT_MAX_BATCH,
          kv_cache_bytes: int | None = None, tensor_parallel: int = 1) -> Generator:
     """Load a model directory or `random:<variant>` and return its Generator.
 

@@ -100,7 +100,6 @@ class Batch:
         self.decoding: list[Request] = []
         self.last_batch_rows = 0  # rows in the most recent decode step
         self._stepping = False
-        self.steps = 0
 
     # ---- sizes ----
     def need_bytes(self, prompt_tokens: int, params: SamplingParams, context: int) -> int:
@@ -131,11 +130,6 @@ class Batch:
     @property
     def bytes_in_use(self) -> int:
         return sum(r.need_bytes for r in self.active)
-
-    @property
-    def running_rows(self) -> int:
-        """Rows decoding now."""
-        return sum(1 for r in self.decoding for row in r.rows if not row.state.done)
 
     @property
     def idle(self) -> bool:
@@ -180,8 +174,6 @@ class Batch:
         if self.prefilling:
             self._prefill_chunk(self.prefilling[0])
             worked = True
-        if worked:
-            self.steps += 1
         return worked
 
     def _admit(self) -> None:

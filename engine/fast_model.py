@@ -378,14 +378,14 @@ class FastCodeGen:
         if cache.capacity != capacity or (resume is not None and (resume.start, resume.length)
                                           != (pos, t)):
             resume = None  # a moved cache lost the paused chunk's KV entries
-        kv = [cache.data]
+        kv = cache.data
         with paddle.no_grad():
             sincos = self._sincos(np.asarray([pos]), t)
             x, first = (resume.x, resume.layer) if resume is not None else (self._embed(ids), 0)
             for i in range(first, len(self.layers)):
                 if cancel is not None and cancel.is_set():
                     return Prefill(None, Paused(pos, t, i, x) if i else None)
-                x = self._block(self.layers[i], x, [kv[0][i]], sincos, [pos])
+                x = self._block(self.layers[i], x, [kv[i]], sincos, [pos])
             logits = self._head(x)[0]
         cache.length = pos + t
         return Prefill(logits)

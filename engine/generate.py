@@ -18,7 +18,7 @@ from .errors import OptionError
 from .interface import check_model
 from .runtime import available_memory_bytes
 from .prefix_cache import PrefixCache
-from .reuse import PREFILL_CHUNK, WARM_CHUNK, Prompts  # noqa: F401 - re-exported
+from .reuse import WARM_CHUNK, Prompts
 from .sampling import SamplingParams
 from .sequence import (Choice, GenerationResult, Sampler, TokenEvent,  # noqa: F401 - re-exported
                        WarmResult)

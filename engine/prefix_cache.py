@@ -56,7 +56,6 @@ class PrefixCache:
         self._warned = False
         self.reused_tokens = 0
         self.computed_tokens = 0
-        self.evictions = 0
 
     @property
     def used_bytes(self) -> int:
@@ -179,7 +178,6 @@ class PrefixCache:
             entry = self._entries.pop(key)
             used -= entry.nbytes
             evicted.append(entry)
-            self.evictions += 1
         return evicted
 
     def _free(self, cache) -> None:

@@ -5,12 +5,12 @@ import math
 from dataclasses import dataclass
 
 from engine import OptionError
+from engine.generate import DEFAULT_MAX_BATCH
 
 from .speculate import LINES_AHEAD, check_lines_ahead
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8978
-DEFAULT_MAX_BATCH = 8
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,6 @@ class Scheduler:
             self.batch.max_batch = int(max_batch)
         if kv_cache_bytes is not None:
             self.batch.kv_budget_bytes = int(kv_cache_bytes)
-        self.max_batch = self.batch.max_batch
-        self.kv_cache_bytes = self.batch.kv_budget_bytes
         cache = generator.prefix_cache
         log.info("batching up to %d sequences, KV cache budget %.0f MB for running requests "
                  "(--kv-cache-mb), prefix cache %.0f MB (--prefix-cache-mb)", self.max_batch,
@@ -159,10 +157,15 @@ class Scheduler:
         """Requests waiting for room in the batch."""
         return len(self.batch.waiting)
 
+    waiting = depth  # the name /metrics shows it under
+
     @property
-    def waiting(self) -> int:
-        """Requests admitted to the queue but not yet in the batch."""
-        return len(self.batch.waiting)
+    def max_batch(self) -> int:
+        return self.batch.max_batch
+
+    @property
+    def kv_cache_bytes(self) -> int | None:
+        return self.batch.kv_budget_bytes
 
     @property
     def running(self) -> int:
