@@ -90,34 +90,46 @@ def _widen(value):
     return None
 
 
+@nb.njit(inline="always", fastmath=True)
+def _four_outputs(w, scale, xr, o, out, r):  # pragma: no cover - compiled
+    """out[r, o:o+4] = scale * (w[o:o+4] @ xr): four rows of w share each load of xr."""
+    a0 = np.float32(0)
+    a1 = np.float32(0)
+    a2 = np.float32(0)
+    a3 = np.float32(0)
+    for i in range(w.shape[1]):
+        u = xr[i]
+        a0 += widen(w[o, i]) * u
+        a1 += widen(w[o + 1, i]) * u
+        a2 += widen(w[o + 2, i]) * u
+        a3 += widen(w[o + 3, i]) * u
+    out[r, o] = a0 * scale[o]
+    out[r, o + 1] = a1 * scale[o + 1]
+    out[r, o + 2] = a2 * scale[o + 2]
+    out[r, o + 3] = a3 * scale[o + 3]
+
+
+@nb.njit(inline="always", fastmath=True)
+def _last_outputs(w, scale, x, o, out):  # pragma: no cover - compiled
+    """Outputs o.. to the end (fewer than four) for every row of x."""
+    for j in range(o, w.shape[0]):
+        for r in range(x.shape[0]):
+            a = np.float32(0)
+            for i in range(w.shape[1]):
+                a += widen(w[j, i]) * x[r, i]
+            out[r, j] = a * scale[j]
+
+
 @nb.njit(parallel=True, fastmath=True, cache=True)
 def _mv_one(w, scale, x, out):
     """out[0, o] = scale[o] * sum_i w[o, i] * x[0, i]; four rows of w per pass."""
-    n_out, n_in = w.shape
-    xr = x[0]
+    n_out = w.shape[0]
     for b in nb.prange((n_out + 3) // 4):
         o = b * 4
         if o + 4 <= n_out:
-            a0 = np.float32(0)
-            a1 = np.float32(0)
-            a2 = np.float32(0)
-            a3 = np.float32(0)
-            for i in range(n_in):
-                xi = xr[i]
-                a0 += widen(w[o, i]) * xi
-                a1 += widen(w[o + 1, i]) * xi
-                a2 += widen(w[o + 2, i]) * xi
-                a3 += widen(w[o + 3, i]) * xi
-            out[0, o] = a0 * scale[o]
-            out[0, o + 1] = a1 * scale[o + 1]
-            out[0, o + 2] = a2 * scale[o + 2]
-            out[0, o + 3] = a3 * scale[o + 3]
+            _four_outputs(w, scale, x[0], o, out, 0)
         else:
-            for j in range(o, n_out):
-                a = np.float32(0)
-                for i in range(n_in):
-                    a += widen(w[j, i]) * xr[i]
-                out[0, j] = a * scale[j]
+            _last_outputs(w, scale, x, o, out)
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
@@ -129,12 +141,7 @@ def _mv_pairs(w, scale, x, out):
     for b in nb.prange((n_out + 3) // 4):
         o = b * 4
         if o + 4 > n_out:
-            for j in range(o, n_out):
-                for r in range(rows):
-                    a = np.float32(0)
-                    for i in range(n_in):
-                        a += widen(w[j, i]) * x[r, i]
-                    out[r, j] = a * scale[j]
+            _last_outputs(w, scale, x, o, out)
             continue
         for r in range(0, rows - 1, 2):
             x0 = x[r]
@@ -171,22 +178,7 @@ def _mv_pairs(w, scale, x, out):
             out[r + 1, o + 2] = a12 * scale[o + 2]
             out[r + 1, o + 3] = a13 * scale[o + 3]
         if rows % 2:
-            r = rows - 1
-            xr = x[r]
-            a0 = np.float32(0)
-            a1 = np.float32(0)
-            a2 = np.float32(0)
-            a3 = np.float32(0)
-            for i in range(n_in):
-                u = xr[i]
-                a0 += widen(w[o, i]) * u
-                a1 += widen(w[o + 1, i]) * u
-                a2 += widen(w[o + 2, i]) * u
-                a3 += widen(w[o + 3, i]) * u
-            out[r, o] = a0 * scale[o]
-            out[r, o + 1] = a1 * scale[o + 1]
-            out[r, o + 2] = a2 * scale[o + 2]
-            out[r, o + 3] = a3 * scale[o + 3]
+            _four_outputs(w, scale, x[rows - 1], o, out, rows - 1)
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
