@@ -38,7 +38,8 @@ def load(model: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str 
     the same logits to float rounding.  `prefix_cache_bytes`: KV-cache budget for
     reusing the prompts of earlier requests (0 turns reuse off, None: four full
     contexts).  `max_batch`: sequences decoded together; `kv_cache_bytes`: the KV
-    cache running requests may reserve (None: `max_batch` full contexts).  `tokenizer`: with
+    cache running requests may reserve (None: `max_batch` full contexts, at most half the
+    memory free after loading).  `tokenizer`: with
     `random:<variant>`, a directory of CodeGen-layout BPE files (vocab.json, merges.txt, added_tokens.json; e.g. from
     `cgbench train-tokenizer`) to use instead of one token per byte.
     `tensor_parallel`: split the model over this many processes (1, 2 or 4; `device` "gpu"

@@ -88,8 +88,8 @@ class Generator:
                  max_batch: int = DEFAULT_MAX_BATCH, kv_cache_bytes: int | None = None):
         """`prefix_cache_bytes`: KV-cache budget for reusing earlier prompts (0 turns reuse
         off; None: `DEFAULT_CACHE_CONTEXTS` full contexts).  `max_batch`: rows decoded
-        together; `kv_cache_bytes`: what running requests may reserve (None: `max_batch` full
-        contexts)."""
+        together; `kv_cache_bytes`: what running requests may reserve (None:
+        `default_kv_budget`)."""
         self.model = loaded.model
         check_model(self.model)
         self.tokenizer = loaded.tokenizer
