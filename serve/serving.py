@@ -130,9 +130,12 @@ class Completion:
         self.cancel("disconnect")
 
     def close(self) -> None:
-        """After the reply was written (or not): stop the job if it still runs."""
+        """After the reply was written (or not): stop the job if it still runs, and let go of
+        it (Tornado may keep a finished handler, and so this object, until the connection
+        closes)."""
         if self.job is not None and not self.job.finished:
             self.cancel("disconnect" if self.disconnected else "aborted")
+        self.job = None
 
     def cancel(self, reason: str) -> None:
         job = self.job
