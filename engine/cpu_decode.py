@@ -3,14 +3,15 @@
 A decode step is 1 token against 1.4 GB of weights (350M, float32): matrix-vector products
 bound by memory bandwidth.  On this project's CPU machines Paddle's CPU matrix-vector product
 reads at ~20 GB/s whatever the call (2-D/3-D matmul, F.linear, mv, transposed weights, einsum,
-oneDNN, 1-2 threads), where numpy's OpenBLAS reads the same arrays at ~27 GB/s; and each Paddle
+oneDNN, 1-2 threads), where numpy's OpenBLAS, and the compiled kernels of engine/cpu_kernels.py
+that every step's matrices go through, read the same arrays at ~27-40 GB/s; and each Paddle
 eager op costs ~20-50 us of dispatch against numpy's few.  So on CPU, in float32, the fast model
 runs its decode steps here: the same mathematics as `FastCodeGen._forward` for one position, on
 zero-copy numpy views of the Paddle tensors (weights read-only, KV cache written in place), so
 prefill (Paddle) and decode (numpy) share one cache and no weight is held twice.
 
 Attention here reads only the keys written so far (not the cache's whole capacity with a mask),
-over the cache viewed as [rows * heads, capacity, head_dim]: one call over every row and head.
+one compiled call per row over its cache viewed as [heads, capacity, head_dim].
 """
 from __future__ import annotations
 
@@ -23,11 +24,6 @@ from .cpu_kernels import attend, rows_times
 from .quant import PackedMatrix
 
 _GELU_C = math.sqrt(2.0 / math.pi)
-# Attention over at least this many (row, head, key) triples uses einsum, below it matmul.
-# numpy's matmul over a stack of [seen, head_dim] matrices calls OpenBLAS once per head and
-# reads the cache at ~19 GB/s; einsum's own loop at ~24 (20% less time at 1024 positions),
-# but costs a few microseconds more per call, which loses below ~256 positions x 16 heads.
-EINSUM_MIN = 4096
 
 
 def readonly_view(tensor) -> np.ndarray:
@@ -77,53 +73,24 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     return x
 
 
-# Several rows (sequences decoding together): OpenBLAS's GEMM for 2-16 rows packs (copies) the
-# whole weight first, so it costs 2.4-6x one matrix-vector product (measured on this project's
-# 2-core machine, 20 [4096, 1024] float32 matrices); a row-by-row loop of GEMVs reads the
-# weights once per row.  Matrices stored [out, in] go through cpu_kernels.rows_times (each
-# weight read once for all rows: 1.3-1.9x one GEMV at 8 rows); the [in, out] ones (fc_in, the
-# vocabulary projection) loop GEMVs below GEMM_MIN_ROWS rows and take one GEMM from there.
-GEMM_MIN_ROWS = 4
-
-
 def _mv(w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """x @ w.T [rows, out] for w stored [out, in] (OpenBLAS sgemv "T" for one row)."""
+    """x @ w.T [rows, out] for w stored [out, in] (every matrix of the fast model is).
+
+    Every decode step's matrices go through cpu_kernels on numba's TBB pool, which also runs
+    the rows' attention: one row as fast as OpenBLAS's sgemv, several rows reading each weight
+    once for all of them (1.1-1.6x one row at 8 rows, where OpenBLAS's GEMM packs a copy of
+    the weight first and costs 2.4-6x).  One pool for the whole step: a step that switched
+    between OpenBLAS's threads and TBB's for every matrix ran 1.3-1.6x slower, each pool's
+    waiting threads spinning on the cores the other needed (this project's 2-core machine, 8
+    rows of 350M: 104-131 ms a step, against 75-81 on one pool)."""
     if isinstance(w, PackedMatrix):  # int8/float16/bfloat16: reads w once (engine/cpu_kernels.py)
         return w.mv(x)
-    if len(x) == 1:
-        return np.matmul(w, x[0])[None]
-    return rows_times(w, x)  # several rows: each weight read once (engine/cpu_kernels.py)
-
-
-def _vm(x: np.ndarray, w) -> np.ndarray:
-    """x @ w [rows, out] for w stored [in, out] (fc_in, the vocabulary projection); a
-    PackedMatrix is stored [out, in] (see _mv)."""
-    if isinstance(w, PackedMatrix):
-        return w.mv(x)
-    if 1 < len(x) < GEMM_MIN_ROWS:
-        return np.stack([row @ w for row in x])
-    return x @ w
+    return rows_times(w, x)
 
 
 def _view(tensor):
     """A numpy view of a weight tensor; a PackedMatrix is numpy already."""
     return tensor if isinstance(tensor, PackedMatrix) else readonly_view(tensor)
-
-
-def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """softmax(keys . q) . values for each of n queries: q [n, d], keys/values [n, seen, d]."""
-    n, seen, _ = keys.shape
-    einsum = n * seen >= EINSUM_MIN
-    if einsum:
-        scores = np.einsum("nsd,nd->ns", keys, q)
-    else:
-        scores = np.matmul(keys, q[:, :, None])[..., 0]
-    scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= np.add.reduce(scores, axis=-1, keepdims=True)
-    if einsum:
-        return np.einsum("ns,nsd->nd", scores, values)
-    return np.matmul(scores[:, None, :], values)[:, 0]
 
 
 class NumpyDecoder:
@@ -187,11 +154,10 @@ class NumpyDecoder:
                 pos = positions[r]
                 keys[:, pos] = qk[r, 1]
                 values[:, pos] = v[r]
-                if rows == 1:  # numpy's einsum reads a long cache fastest (see EINSUM_MIN)
-                    attn[r] = _attend(qk[r, 0], keys[:, :pos + 1], values[:, :pos + 1])
-                else:  # one compiled call per row instead of numpy's per-head calls
-                    attn[r] = attend(qk[r, 0], keys, values, pos + 1)
-            up = _vm(h, fc_in_w)
+                # one compiled call per row, on the matrices' pool: numpy's einsum took 2x
+                # as long for one row at 1,024 positions (12.5 vs 6.3 ms a step)
+                attn[r] = attend(qk[r, 0], keys, values, pos + 1)
+            up = _mv(fc_in_w, h)
             up += fc_in_b
             mlp = _mv(fc_out_w, _gelu_tanh(up))
             if reduce is None:
@@ -203,6 +169,6 @@ class NumpyDecoder:
                 mlp += fc_out_b
             x += mlp
         last = _layer_norm(x, *self.ln_f, self.eps)
-        logits = _vm(last, self.lm[0])
+        logits = _mv(self.lm[0], last)
         logits += self.lm[1]
         return logits

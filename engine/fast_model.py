@@ -5,9 +5,9 @@ Same mathematics as PaddleNLP's CodeGenForCausalLM, fewer and cheaper ops:
   `_projection_columns`), the attention scale folded into q, so rotary is four
   same-shape element-wise ops (Paddle's broadcasting and strided element-wise
   kernels are 20-100x slower on CPU than same-shape contiguous ones);
-- weights are stored for the decode step's matrix-vector products (see `_Layer`): the four
-  projections as one [out, in] matrix (one product for a decode step; contiguous row blocks,
-  no copy, for a prompt's four products), out_proj and fc_out as [out, in] too;
+- weights are stored for the decode step's matrix-vector products (see `_Layer`): every
+  matrix [out, in], the four projections as one (one product for a decode step; contiguous
+  row blocks, no copy, for a prompt's four products);
 - one fused GELU (tanh form = gelu_new), one layer_norm per block (parallel block);
 - a preallocated KV cache written in place; no per-step mask tensors;
 - the vocabulary projection only for the last position.
@@ -79,22 +79,25 @@ def _projection_columns(n_embd: int, n_head: int, head_dim: int, rotary_dim: int
 
 
 QKV_PARTS = ("r1", "r2", "pass", "v")  # the row blocks of _Layer.qkv_w, in this order
-TRANSPOSED = ("attn.out_proj.weight", "mlp.fc_out.weight")  # stored [out, in]
+# stored [out, in], transposed from PaddleNLP's [in, out] (qkv_proj is rearranged as well)
+TRANSPOSED = ("attn.out_proj.weight", "mlp.fc_in.weight", "mlp.fc_out.weight", "lm_head.weight")
 
 
 @dataclass
 class _Layer:
-    """One block's tensors.  Matrices marked [out, in] are stored transposed from PaddleNLP's
-    [in, out]: OpenBLAS reads a row-major [out, in] matrix times a vector (sgemv "T": each
-    thread streams whole rows) 10-25% faster than [in, out] when `in` is 4096 (fc_out), and
-    one call over the four projections beats four small ones; fc_in (1024 -> 4096) and the
-    vocabulary projection read faster as [in, out] and stay so.  A prompt's GEMMs run at the
-    same speed either way (Paddle's matmul with transpose_y)."""
+    """One block's tensors.  Every matrix is stored [out, in], transposed from PaddleNLP's
+    [in, out], like the vocabulary projection: one layout for every product.  A decode step of
+    several rows reads each [out, in] matrix once for all of them in one compiled kernel on
+    the same thread pool as its attention (engine/cpu_decode.py); one row reads it as fast as
+    [in, out] (numpy sgemv, 9.3 vs 9.6 ms for 20 [1024 -> 4096]), and a prompt's GEMMs run at
+    the same speed either way (Paddle's matmul with transpose_y: 95 vs 97 ms for 4 x
+    [512, 1024 -> 4096]; measured on this project's 2-core machine).  The four projections
+    are one matrix: one call for a decode step, contiguous row blocks for a prompt's four."""
     ln_w: object
     ln_b: object
     qkv_w: object  # [out, in]: rows r1 | r2 | pass | v (see _projection_columns), q pre-scaled
     out_w: object  # [out, in]
-    fc_in_w: object  # [in, out]
+    fc_in_w: object  # [out, in]
     fc_in_b: object
     fc_out_w: object  # [out, in]
     fc_out_b: object
@@ -185,18 +188,18 @@ class FastCodeGen:
             return paddle.to_tensor(np.ascontiguousarray(array, np.float32)).astype("bfloat16")
         return paddle.to_tensor(np.ascontiguousarray(array, dtype=dtype))
 
-    def _linear(self, x, w, b=None, transposed: bool = False):
-        """x @ w + b (x @ w.T + b when `transposed`, w stored [out, in]) with w stored in
-        `dtype` and x, b, the result in the compute dtype."""
-        paddle, F = self._paddle, self._paddle.nn.functional
-        if isinstance(w, NARROW):  # packed [out, in], whatever `transposed` (engine/quant.py)
+    def _linear(self, x, w, b=None):
+        """x @ w.T + b for w stored [out, in] in `dtype`, with x, b and the result in the compute
+        dtype."""
+        paddle = self._paddle
+        if isinstance(w, NARROW):  # packed [out, in] (engine/quant.py)
             y = w.matmul(x)
             if b is not None and self.host:
                 writable_view(y)[...] += readonly_view(b)
                 return y
             return y if b is None else y + b
         if not self.mixed:
-            y = paddle.matmul(x, w, transpose_y=True) if transposed else F.linear(x, w)
+            y = paddle.matmul(x, w, transpose_y=True)
             if b is None:
                 return y
             if self.host:  # Paddle's CPU broadcast add: 10 ms at [1024, 4096]
@@ -204,9 +207,9 @@ class FastCodeGen:
                 return y
             return y + b
         if self.device.kind == "cpu":  # no half-precision matmul on CPU: widen the weight
-            y = paddle.matmul(x, w.astype(self.compute), transpose_y=transposed)
+            y = paddle.matmul(x, w.astype(self.compute), transpose_y=True)
         else:  # GPU: half-precision GEMM accumulating in float32 (Paddle's default), widened
-            y = paddle.matmul(x.astype(self.dtype), w, transpose_y=transposed).astype(self.compute)
+            y = paddle.matmul(x.astype(self.dtype), w, transpose_y=True).astype(self.compute)
         return y if b is None else y + b
 
     # ---- pieces -------------------------------------------------------------------------
@@ -290,14 +293,14 @@ class FastCodeGen:
         h = F.layer_norm(x, [e], layer.ln_w, layer.ln_b, self.eps)
         cos, sin = sincos
         r1_w, r2_w, pass_w, v_w = layer.parts
-        x1, x2 = self._linear(h, r1_w, transposed=True), self._linear(h, r2_w, transposed=True)
+        x1, x2 = self._linear(h, r1_w), self._linear(h, r2_w)
         parts = [(x1 * cos - x2 * sin).reshape([b, t, 2, heads, half]),  # [B, T, 2*heads*half]
                  (x2 * cos + x1 * sin).reshape([b, t, 2, heads, half])]
         if pass_w is not None:
-            parts.append(self._linear(h, pass_w, transposed=True).reshape(
+            parts.append(self._linear(h, pass_w).reshape(
                 [b, t, 2, heads, dim - self.rot]))
         qk = paddle.concat(parts, axis=-1)  # [B, T, 2, H, D]
-        v = self._linear(h, v_w, transposed=True)
+        v = self._linear(h, v_w)
         if b == 1:
             attn = self._sequence_attention(qk, v, kv[0], pos[0])
         else:  # rows at their own positions, each over its own cache
@@ -305,11 +308,11 @@ class FastCodeGen:
                                   for r in range(b)], axis=0)
         up = F.gelu(self._linear(h, layer.fc_in_w, layer.fc_in_b), approximate=True)
         if self.reduce is None:
-            mlp = self._linear(up, layer.fc_out_w, layer.fc_out_b, transposed=True)
-            return x + self._linear(attn, layer.out_w, transposed=True) + mlp
+            mlp = self._linear(up, layer.fc_out_w, layer.fc_out_b)
+            return x + self._linear(attn, layer.out_w) + mlp
         # tensor parallel: this rank's partial sums, one all-reduce, then the shared bias
-        partial = self._linear(attn, layer.out_w, transposed=True) + self._linear(
-            up, layer.fc_out_w, transposed=True)
+        partial = self._linear(attn, layer.out_w) + self._linear(
+            up, layer.fc_out_w)
         return x + self.reduce(partial) + layer.fc_out_b
 
     def _sincos(self, positions: np.ndarray, t: int):

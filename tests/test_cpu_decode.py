@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import cpu_decode, load
-from engine.cpu_decode import _attend, _mv, _vm, readonly_view
+from engine import load
+from engine.cpu_decode import _mv, readonly_view
 from fakes import decode_rows
 
 
@@ -20,22 +20,7 @@ def _softmax_attention(q, keys, values):
     return np.stack(out)
 
 
-@pytest.mark.parametrize("n", [1, 5, 48])  # any number of (row, head) pairs, odd ones too
-@pytest.mark.parametrize("einsum_min", [0, 10 ** 9], ids=["einsum", "matmul"])
-def test_attention_both_ways(monkeypatch, n, einsum_min):
-    monkeypatch.setattr(cpu_decode, "EINSUM_MIN", einsum_min)
-    rng = np.random.default_rng(n)
-    capacity, seen, dim = 40, 33, 16
-    cache_k = rng.standard_normal((n, capacity, dim), dtype=np.float32)
-    cache_v = rng.standard_normal((n, capacity, dim), dtype=np.float32)
-    q = rng.standard_normal((n, dim), dtype=np.float32)
-    got = _attend(q, cache_k[:, :seen], cache_v[:, :seen])  # strided views of the cache
-    assert got.shape == (n, dim)
-    np.testing.assert_allclose(got, _softmax_attention(q, cache_k[:, :seen], cache_v[:, :seen]),
-                               rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("rows", [1, 3, 6])  # one GEMV, a loop of them, one GEMM
+@pytest.mark.parametrize("rows", [1, 3, 6])  # one GEMV; the several-row kernel, odd and even
 def test_matrix_vector_product_of_an_out_in_matrix(rows):
     rng = np.random.default_rng(rows)
     w = rng.standard_normal((24, 40), dtype=np.float32)  # [out, in]
@@ -43,9 +28,6 @@ def test_matrix_vector_product_of_an_out_in_matrix(rows):
     got = _mv(w, x)
     assert got.shape == (rows, 24)
     np.testing.assert_allclose(got, x.astype(np.float64) @ w.T.astype(np.float64),
-                               rtol=1e-5, atol=1e-5)
-    w_in_out = np.ascontiguousarray(w.T)  # [in, out]: fc_in and the vocabulary projection
-    np.testing.assert_allclose(_vm(x, w_in_out), x.astype(np.float64) @ w.T.astype(np.float64),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -63,17 +45,16 @@ def test_projections_are_row_blocks_of_one_matrix():
             rows += part.shape[0]
         assert rows == qkv.shape[0] == 3 * model.config.arch.n_embd
         embd, inner = model.config.arch.n_embd, model.config.arch.inner_dim
-        assert tuple(layer.fc_in_w.shape) == (embd, inner)  # [in, out]
-        assert tuple(layer.fc_out_w.shape) == (embd, inner)  # [out, in]
+        assert tuple(layer.fc_in_w.shape) == (inner, embd)  # every matrix [out, in]
+        assert tuple(layer.fc_out_w.shape) == (embd, inner)
+    assert tuple(model.lm_w.shape) == (model.config.arch.vocab_size, embd)
     assert model.param_count() == model.config.arch.param_count
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-@pytest.mark.parametrize("einsum_min", [0, 10 ** 9], ids=["einsum", "matmul"])
-def test_numpy_steps_both_attention_ways_equal_paddle_steps(monkeypatch, rows, einsum_min):
-    """The whole step with each attention formulation, one row or several (n > 1 choices),
-    against Paddle's step on the same model and prompt."""
-    monkeypatch.setattr(cpu_decode, "EINSUM_MIN", einsum_min)
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_numpy_steps_equal_paddle_steps(rows):
+    """The whole step, one row or several (n > 1 choices), against Paddle's step on the same
+    model and prompt."""
     model = load("random:tiny", prefix_cache_bytes=0).model
     prompt = [(5 * i) % 256 for i in range(70)]
     outs = []

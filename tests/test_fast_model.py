@@ -121,7 +121,7 @@ def test_numpy_decode_steps_equal_paddle_steps(rows):
     """On CPU in float32 decode steps run in numpy (engine/cpu_decode.py) over the model's own
     memory; Paddle's step stays for other dtypes and devices.  Both must agree, also across
     a KV-cache growth (the prompt ends 3 positions before a block boundary), for one row and
-    for several (a row loop below cpu_decode.GEMM_MIN_ROWS, one GEMM from it)."""
+    for several (cpu_kernels.rows_times for every matrix)."""
     from engine.fast_model import CACHE_BLOCK
 
     gen = load("random:tiny", prefix_cache_bytes=0)
