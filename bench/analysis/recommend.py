@@ -17,7 +17,8 @@ parallelism, `cgserve MODEL --tensor-parallel K`): per GPU it needs its shard of
 lm_head / K where K divides the vocabulary, as it does for every variant, else whole), its
 heads' part of the KV cache (float32 where the GPU computes in float32: a P40's float16 storage),
 the prefill workspace of its heads and MLP columns, and the CUDA context.  Decode latency is
-scaled by the bytes one GPU reads per step (its shard), the all-reduces not counted.
+scaled by the bytes one GPU reads per step (its shard), the all-reduces and the logits'
+gather not counted.
 """
 from __future__ import annotations
 
