@@ -89,7 +89,7 @@ def host_memory_mb() -> float:
 
 
 TRACKED_ENV = ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "CGW_NO_CPU_TUNING", "CUDA_VISIBLE_DEVICES",
-               "FLAGS_allocator_strategy", "FLAGS_fraction_of_gpu_memory_to_use")
+               "CGW_TP_VOCAB", "FLAGS_allocator_strategy", "FLAGS_fraction_of_gpu_memory_to_use")
 
 
 def describe_environment(measure_bandwidth: bool = True) -> dict:

@@ -101,6 +101,7 @@ class NumpyDecoder:
         self.n_head, self.head_dim, self.half = model.n_head, a.head_dim, a.rotary_dim // 2
         self.eps = model.eps
         self.reduce = model.reduce  # tensor parallel: all-reduce of a numpy array (None: one rank)
+        self.vocab = model.vocab  # tensor parallel: this rank's vocabulary rows (None: all)
         self.bounds = tuple(model.qkv_bounds[1:4])  # ends of qkv_w's r1, r2 and pass rows
         names = ("ln_w", "ln_b", "qkv_w", "out_w", "fc_in_w", "fc_in_b", "fc_out_w", "fc_out_b")
         self.layers = [tuple(_view(getattr(layer, name)) for name in names)
@@ -132,8 +133,11 @@ class NumpyDecoder:
         rows, heads, dim, half = len(tokens), self.n_head, self.head_dim, self.half
         rot, rot2, qk_end = self.bounds
         positions = np.fromiter((c.length for c in caches), np.int64, rows)
-        x = self.wte.widened(tokens) if isinstance(self.wte, PackedMatrix) \
-            else self.wte[tokens]  # [rows, embd], a copy
+        ids, inside = (tokens, None) if self.vocab is None else self.vocab.local_ids(tokens)
+        x = self.wte.widened(ids) if isinstance(self.wte, PackedMatrix) \
+            else self.wte[ids]  # [rows, embd], a copy
+        if self.vocab is not None:  # zeros for the other ranks' ids, summed over the ranks
+            x = self.vocab.embedding(x, inside)
         cos, sin = self.cos[positions], self.sin[positions]  # [rows, 2 * heads * half]
         reduce = self.reduce
         for i, (ln_w, ln_b, qkv_w, out_w, fc_in_w, fc_in_b, fc_out_w, fc_out_b) in enumerate(
@@ -171,4 +175,4 @@ class NumpyDecoder:
         last = _layer_norm(x, *self.ln_f, self.eps)
         logits = _mv(self.lm[0], last)
         logits += self.lm[1]
-        return logits
+        return logits if self.vocab is None else self.vocab.logits(logits)

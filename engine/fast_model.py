@@ -117,12 +117,14 @@ class FastCodeGen:
     given are already that rank's slices (its heads' q/k/v columns and out_proj rows, its
     fc_in columns and fc_out rows; engine/tensor_parallel), and `reduce` all-reduces, once per
     layer, the sum of the attention and MLP partial outputs (a Paddle tensor, or a numpy array
-    in the CPU decode step) in place across the ranks.
+    in the CPU decode step) in place across the ranks.  With `vocab` (a
+    tensor_parallel.vocab.VocabSplit) the rank holds only its vocabulary rows of the embedding
+    and lm_head: lookups are all-reduced, the logits gathered (whole on every rank).
     """
 
     def __init__(self, arrays, config: ModelConfig, dtype: str, device: Device,
                  compute_dtype: str | None = None, shard: tuple[int, int] = (0, 1),
-                 reduce=None):
+                 reduce=None, vocab=None):
         """`arrays`: (name, numpy array) pairs in PaddleNLP's layout, in any order; each is
         copied to the device as it comes (the caller may reuse its buffers).  Matrices are
         stored as `dtype`; vectors, activations and the KV cache use `compute_dtype`."""
@@ -132,7 +134,7 @@ class FastCodeGen:
         self.mixed = self.compute != dtype
         a = config.arch
         self.rank, self.world = shard
-        self.reduce = reduce
+        self.reduce, self.vocab = reduce, vocab
         self.n_head, self.head_dim, self.rot = a.n_head // self.world, a.head_dim, a.rotary_dim
         self.eps = config.layer_norm_epsilon
         width = a.n_embd // self.world  # this rank's q (and k, and v) columns
@@ -328,15 +330,18 @@ class FastCodeGen:
 
     def _embed(self, ids: np.ndarray):
         paddle, F = self._paddle, self._paddle.nn.functional
+        ids, inside = (ids, None) if self.vocab is None else self.vocab.local_ids(ids)
         ids_t = paddle.to_tensor(ids, dtype="int64")
         x = self.wte.embed(ids_t) if isinstance(self.wte, NARROW) else F.embedding(ids_t, self.wte)
-        return x.astype(self.compute) if self.mixed else x
+        x = x.astype(self.compute) if self.mixed else x
+        return x if self.vocab is None else self.vocab.embedding(x, inside)
 
     def _head(self, x):
         """Logits [rows, vocab] (numpy float32) of the last position of each row of `x`."""
         F = self._paddle.nn.functional
         last = F.layer_norm(x[:, -1], [x.shape[-1]], self.ln_f_w, self.ln_f_b, self.eps)
-        return self._linear(last, self.lm_w, self.lm_b).astype("float32").numpy()
+        logits = self._linear(last, self.lm_w, self.lm_b).astype("float32")
+        return logits.numpy() if self.vocab is None else self.vocab.logits(logits)
 
     def _reserve(self, cache: KVCache, new: int) -> None:
         """Grow the cache (in blocks of CACHE_BLOCK positions) so `new` more tokens fit, and

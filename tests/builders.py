@@ -121,11 +121,11 @@ def legacy_config(cfg: dict) -> dict:
 
 
 def write_model_dir(model_dir: Path, *, legacy: bool = False, fmt: str = "pdparams",
-                    seed: int = 0, n_positions: int = 128) -> dict:
-    """A complete tiny model directory; returns its flat config."""
+                    seed: int = 0, n_positions: int = 128, n_merges: int = 60) -> dict:
+    """A complete tiny model directory; returns its flat config (vocab_size: 263 + n_merges)."""
     from engine.weights import write_pdparams, write_safetensors
 
-    usable = write_tokenizer(model_dir)
+    usable = write_tokenizer(model_dir, n_merges)
     vocab = json.loads((model_dir / "vocab.json").read_text(encoding="utf-8"))
     cfg = tiny_config(usable, vocab["<|endoftext|>"], n_positions)
     name = "model_config.json" if legacy else "config.json"

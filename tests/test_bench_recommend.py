@@ -64,10 +64,10 @@ def test_two_p40s_get_16B_float16_split_two_ways(data):
     chosen = result["chosen"]
     assert (chosen.size, chosen.dtype, chosen.tensor_parallel) == ("16B", "float16", 2)
     arch = ARCHITECTURES["16B"]
-    # per GPU: half the layers' weights plus the whole embedding and lm_head, half the KV
-    # cache (float32 on a P40), the workspace of 12 heads, the CUDA context
-    replicated = 2 * arch.vocab_size * arch.n_embd * 2
-    weights = (arch.weight_bytes("float16") - replicated) / 2 + replicated
+    # per GPU: half of the weights (the embedding and lm_head split by vocabulary too; the layer
+    # norms and fc_out's bias whole, under 2 MB), half the KV cache (float32 on a P40), the
+    # workspace of 12 heads, the CUDA context
+    weights = arch.weight_bytes("float16") / 2
     kv = arch.kv_bytes_per_token("float32") * 2048 / 2
     assert weights / MiB + kv / MiB + CUDA_CONTEXT_MB < chosen.need_mb < (
         weights + kv) / MiB + CUDA_CONTEXT_MB + 1024
@@ -75,6 +75,7 @@ def test_two_p40s_get_16B_float16_split_two_ways(data):
     text = render_recommendation(result)
     assert text.startswith(f"recommended: codegen-16B-{data} float16")
     assert f"cgserve /models/codegen-16B-{data} --tensor-parallel 2 --dtype float16" in text
+    assert "1/2 of the embedding's and lm_head's vocabulary" in text
     why = {c.label: c.reasons for c in result["candidates"]}
     assert "split 2 ways still" in why["16B float32"][0]
 

@@ -1,6 +1,8 @@
 """A model split over 2 (and 4) CPU processes over gloo gives what the one-process model gives:
 logits (NMSE <= 1e-10, float32), greedy tokens, seeded sampling, a batch of requests at
-different positions, prefix reuse and a warm-up resumed after it stopped part-way."""
+different positions, prefix reuse and a warm-up resumed after it stopped part-way; with the
+vocabulary split over the ranks where it divides (each rank holding only its rows) and whole
+where it does not."""
 from __future__ import annotations
 
 import json
@@ -11,8 +13,8 @@ import builders
 from tp_helpers import start
 
 
-def _run(spec: str, world: int) -> dict:
-    proc = start(["tp_generate.py", spec, str(world)])
+def _run(spec: str, world: int, dtype: str = "float32") -> dict:
+    proc = start(["tp_generate.py", spec, str(world), dtype])
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])
@@ -21,17 +23,24 @@ def _run(spec: str, world: int) -> dict:
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     base = tmp_path_factory.mktemp("tp-models")
-    builders.write_model_dir(base / "pdparams")
-    builders.write_model_dir(base / "safetensors", fmt="safetensors")
+    builders.write_model_dir(base / "pdparams")  # 323 tokens: the vocabulary stays whole
+    builders.write_model_dir(base / "safetensors", fmt="safetensors", n_merges=61)  # 324
     return base
 
 
-@pytest.mark.parametrize("spec, world", [("random:tiny", 2), ("random:tiny", 4),
-                                         ("pdparams", 2), ("safetensors", 2)])
-def test_split_model_equals_one_process(model_dirs, spec, world):
+@pytest.mark.parametrize("spec, world, dtype, split_vocab", [
+    ("random:tiny", 2, "float32", True), ("random:tiny", 4, "float32", True),
+    ("random:tiny", 2, "float16", True),  # packed weights (engine/quant.py)
+    ("pdparams", 2, "float32", False), ("safetensors", 4, "float32", True)])
+def test_split_model_equals_one_process(model_dirs, spec, world, dtype, split_vocab):
     if not spec.startswith("random:"):
         spec = str(model_dirs / spec)
-    result = _run(spec, world)
+    result = _run(spec, world, dtype)
+    shapes = result["shapes"]
+    vocab, n_embd = shapes["vocab"], shapes["n_embd"]
+    assert (vocab % world == 0) == split_vocab
+    rows = vocab // world if split_vocab else vocab  # rank 0 holds only its vocabulary rows
+    assert shapes["wte"] == [rows, n_embd] and shapes["lm_head"] == [rows, n_embd]
     assert result["nmse"] <= 1e-10
     split, one = result["split"], result["one"]
     assert split["greedy"] == one["greedy"]
@@ -39,5 +48,6 @@ def test_split_model_equals_one_process(model_dirs, spec, world):
     assert split["sampled"] == one["sampled"] and split["sampled"][0] != split["sampled"][1]
     assert split["batched"] == one["batched"]
     assert split["batched"][0] == one["greedy"][0][:10]  # batched rows = the lone request
+    assert split["batched"][3][:16] == one["greedy"][3]  # the prompt of ids from every rank
     assert split["reused"] == one["reused"] and split["reused"][0]
     assert split["resumed"] == one["resumed"]

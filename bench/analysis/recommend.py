@@ -13,10 +13,12 @@ bytes (tpot, bandwidth bound) or parameters (ttft, compute bound) for unmeasured
 
 With `--gpus N > 1`, a variant too big for one GPU is tried split over 2 or 4 of them (tensor
 parallelism, `cgserve MODEL --tensor-parallel K`): per GPU it needs its shard of the weights
-(engine/tensor_parallel/plan.py: the layers' matrices / K, embedding and lm_head whole), its
+(engine/tensor_parallel/plan.py's local_bytes: the layers' matrices / K, and the embedding and
+lm_head / K where K divides the vocabulary, as it does for every variant, else whole), its
 heads' part of the KV cache (float32 where the GPU computes in float32: a P40's float16 storage),
 the prefill workspace of its heads and MLP columns, and the CUDA context.  Decode latency is
-scaled by the bytes one GPU reads per step (its shard), the all-reduces not counted.
+scaled by the bytes one GPU reads per step (its shard), the all-reduces and the logits'
+gather not counted.
 """
 from __future__ import annotations
 
@@ -235,9 +237,12 @@ def render_recommendation(result: dict) -> str:
                      + (f" on each of {tp} GPUs" if tp > 1 else "")
                      + (f"; {', '.join(lat)} ({chosen.latency_how})" if lat else ""))
         if tp > 1:
+            vocab = (f"1/{tp} of the embedding's and lm_head's vocabulary"
+                     if ShardPlan(ARCHITECTURES[chosen.size], 0, tp).vocab_parallel
+                     else "the embedding and lm_head whole")
             lines.append(f"  run: cgserve /models/{name} --tensor-parallel {tp} --dtype "
                          f"{chosen.dtype} --device gpu (GPUs 0..{tp - 1}; each holds 1/{tp} of "
-                         "every layer, its heads' KV cache, and the embedding and lm_head whole)")
+                         f"every layer, its heads' KV cache, and {vocab})")
             if result["gpus"] > tp:
                 lines.append(f"  with {result['gpus']} GPUs: {result['gpus'] // tp} such servers")
         elif result["gpus"] > 1:

@@ -22,7 +22,7 @@ def main() -> int:
     init_collectives()
     channel = Channel()
     try:
-        local = build_local(job, rank, world, channel.all_reduce)
+        local = build_local(job, rank, world, channel)
     except EngineError:
         return 1  # the same files and options: rank 0 meets the same error and reports it
     channel.flag(None)  # loaded: rank 0 waits for every rank here

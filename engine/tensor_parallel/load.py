@@ -63,10 +63,11 @@ def _factory(job: dict):
     return getattr(importlib.import_module(module), name)
 
 
-def build_local(job: dict, rank: int, world: int, reduce):
-    """This rank's shard model for `job` (what load_tensor_parallel hands the followers)."""
+def build_local(job: dict, rank: int, world: int, channel):
+    """This rank's shard model for `job` (what load_tensor_parallel hands the followers), its
+    collectives on `channel` (remote.Channel)."""
     if job.get("factory"):
-        return _factory(job)(job, rank, world, reduce)
+        return _factory(job)(job, rank, world, channel.all_reduce)
     from ..model import find_weight_file
     from .shards import random_shards, read_shards
 
@@ -86,19 +87,22 @@ def build_local(job: dict, rank: int, world: int, reduce):
         arrays = random_shards(config, plan, job.get("seed", 0))
     else:
         arrays = read_shards(find_weight_file(Path(spec).expanduser()), config, plan)
-    return build_shard_model(arrays, config, dtype, device, plan, reduce, job.get("impl", "fast"))
+    return build_shard_model(arrays, config, dtype, device, plan, channel, job.get("impl", "fast"))
 
 
-def build_shard_model(arrays, config, dtype: str, device: Device, plan: ShardPlan, reduce,
+def build_shard_model(arrays, config, dtype: str, device: Device, plan: ShardPlan, channel,
                       impl: str = "fast"):
-    """FastCodeGen over this rank's already-sliced arrays, all-reducing once per layer."""
+    """FastCodeGen over this rank's already-sliced arrays, all-reducing once per layer (and,
+    with the vocabulary split, once per lookup, the logits gathered; vocab.py)."""
     if impl != "fast":
         raise OptionError(f"--impl {impl} cannot run split over GPUs (PaddleNLP's CodeGen has no "
                           "tensor parallelism); use --impl fast with --tensor-parallel")
     from ..fast_model import FastCodeGen
+    from .vocab import VocabSplit
 
     return FastCodeGen(arrays, config, dtype, device, compute_dtype_for(dtype, device),
-                       shard=(plan.rank, plan.world), reduce=reduce)
+                       shard=(plan.rank, plan.world), reduce=channel.all_reduce,
+                       vocab=VocabSplit.of(plan, channel.all_reduce, channel.all_gather))
 
 
 def load_tensor_parallel(spec: str, dtype: str, device: str, world: int, seed: int = 0,
@@ -117,6 +121,7 @@ def load_tensor_parallel(spec: str, dtype: str, device: str, world: int, seed: i
     check_dtype(dtype, Device(kind) if kind == "cpu" else Device("gpu", gpus[0]), impl)
     config = model_config(spec)
     check_world(config.arch, world, config.source)
+    ShardPlan(config.arch, 0, world)  # the vocabulary layout too (a bad CGW_TP_VOCAB)
     job = {"model": spec, "dtype": dtype, "device": kind, "gpus": gpus, "seed": seed,
            "impl": impl, "factory": factory}
     if spec.startswith(RANDOM_PREFIX):
@@ -144,7 +149,7 @@ def load_tensor_parallel(spec: str, dtype: str, device: str, world: int, seed: i
     group.start(job)
     channel = Channel()
     try:
-        local = build_local(job, 0, world, channel.all_reduce)
+        local = build_local(job, 0, world, channel)
     except BaseException:  # the followers meet the same error: stop them, report it once
         group.closing = True
         group.close(timeout_s=0.5)

@@ -7,20 +7,30 @@ column block of mp shards [r*4/N, (r+1)*4/N): columns [r*3E/N, (r+1)*3E/N), i.e.
 out_proj and fc_out by input rows (the rows of the rank's heads and of its fc_in columns), so
 each rank's attention and MLP outputs are partial sums; CodeGen's parallel block adds both to
 the residual together, so ONE all-reduce per layer sums them.  Layer norms and fc_out's bias
-are replicated (the bias is added once, after the reduce).  The embedding is replicated (a
-step reads one row of it); lm_head is replicated by default or, with `vocab_parallel`, split
-by vocabulary columns with a gather of the logits.
+are replicated (the bias is added once, after the reduce).
+
+The vocabulary (`vocab_parallel`, by default wherever vocab_size % N == 0: every CodeGen
+variant's 51200 at N = 2 and 4): rank r holds vocabulary rows [r*V/N, (r+1)*V/N) of the
+embedding wte [V, n_embd] and the same columns of lm_head [n_embd, V] (and of its bias); a
+lookup is all-reduced, the logits all-gathered (vocab.py).  Where N does not divide V both are
+replicated, whole on every rank.  350M's vocabulary tensors are 0.42 GB of its 1.42 GB: split,
+a rank of 2 holds 0.50x of the weights instead of 0.65x.  `local_bytes` is the one home of what
+a rank holds (cgbench recommend reads it).
 
 Only 4 % N == 0 splits qkv_proj into whole mp shards: N in {1, 2, 4} for every variant.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ..errors import OptionError
 from ..variants import Architecture
 
 QKV_SHARDS = 4  # CodeGen's qkv_proj holds this many [q | v | k] shards (PaddleNLP's mp_num)
+# "whole" keeps the embedding and lm_head whole on every rank where the vocabulary divides too:
+# for measuring the two layouts against each other, not an option users need
+VOCAB_ENV = "CGW_TP_VOCAB"
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,14 @@ def parse_world(value, option: str = "--tensor-parallel") -> int:
     return world
 
 
+def splits_vocab(arch: Architecture, world: int) -> bool:
+    """The default layout: the vocabulary split over the ranks when it divides, else whole."""
+    mode = os.environ.get(VOCAB_ENV, "split")
+    if mode not in ("split", "whole"):
+        raise OptionError(f"{VOCAB_ENV}={mode!r}: use split (the default) or whole")
+    return mode == "split" and world > 1 and arch.vocab_size % world == 0
+
+
 def check_world(arch: Architecture, world: int, source: str = "the model",
                 option: str = "--tensor-parallel") -> None:
     """Raise OptionError (one line, before anything loads) if `arch` cannot split `world` ways."""
@@ -73,15 +91,19 @@ class ShardPlan:
     arch: Architecture
     rank: int = 0
     world: int = 1
-    vocab_parallel: bool = False  # lm_head split by vocabulary columns (logits gathered)
+    # embedding and lm_head split by vocabulary (lookups all-reduced, logits gathered); None:
+    # wherever the vocabulary divides (splits_vocab)
+    vocab_parallel: bool | None = None
 
     def __post_init__(self):
+        if self.vocab_parallel is None:
+            object.__setattr__(self, "vocab_parallel", splits_vocab(self.arch, self.world))
         check_world(self.arch, self.world)
         if not 0 <= self.rank < self.world:
             raise ValueError(f"rank {self.rank} is outside 0..{self.world - 1}")
         if self.vocab_parallel and self.arch.vocab_size % self.world:
             raise OptionError(f"vocab_size {self.arch.vocab_size} does not split {self.world} "
-                              "ways; keep lm_head replicated")
+                              "ways; keep the embedding and lm_head replicated")
 
     # ---- local sizes ---------------------------------------------------------------------
     @property
@@ -121,11 +143,12 @@ class ShardPlan:
             return Shard(0, *self._block(self.arch.inner_dim))
         if name.endswith("mlp.fc_out.weight"):
             return Shard(0, *self._block(self.arch.inner_dim))
-        if self.vocab_parallel and name == "lm_head.weight":
-            return Shard(1, *self._block(self.arch.vocab_size))
-        if self.vocab_parallel and name == "lm_head.bias":
-            return Shard(0, *self._block(self.arch.vocab_size))
-        return None  # ln_1, ln_f, fc_out.bias, wte (and lm_head unless vocab_parallel)
+        if self.vocab_parallel:
+            if name in ("transformer.wte.weight", "lm_head.bias"):  # [V, n_embd], [V]
+                return Shard(0, *self._block(self.arch.vocab_size))
+            if name == "lm_head.weight":  # [n_embd, V]
+                return Shard(1, *self._block(self.arch.vocab_size))
+        return None  # ln_1, ln_f, fc_out.bias (wte and lm_head unless vocab_parallel)
 
     def local_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         s = self.shard(name)

@@ -3,7 +3,8 @@
 Rank 0's `RemoteModel` implements engine/interface.py's `Model`: each call broadcasts a header
 (op and small integers) and a payload (tokens, cache ids) to the followers, then runs on rank
 0's own shard model; the followers run the same call on theirs (`follow`), so the sharded
-forwards meet in the same collectives (one all-reduce per layer, inside the model).  Caches
+forwards meet in the same collectives (inside the model: one all-reduce per layer and, with the
+vocabulary split, one per embedding lookup and an all-gather of the logits).  Caches
 are mirrored by id: rank 0 tags each KVCache it hands out (`tp_id`), followers keep theirs in a
 dict under the same id.  Cancellation between layers stays collective: the `cancel` the model
 polls is relayed (rank 0 broadcasts each answer), so every rank stops at the same layer, and a
@@ -77,6 +78,14 @@ class Channel:
             return x
         self.dist.all_reduce(x)
         return x
+
+    def all_gather(self, x) -> np.ndarray:
+        """Every rank's `x` [rows, cols] side by side: [rows, world * cols], numpy (a Paddle
+        tensor, or a numpy array copied through one); the vocabulary-split logits."""
+        tensor = self.paddle.to_tensor(x) if isinstance(x, np.ndarray) else x
+        parts: list = []
+        self.dist.all_gather(parts, tensor)
+        return np.concatenate([part.numpy() for part in parts], axis=-1)
 
 
 class _CancelRelay:
