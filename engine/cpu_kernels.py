@@ -1,4 +1,4 @@
-"""CPU kernels for weights stored narrower than float32 (numba, compiled on first use).
+"""CPU kernels: weights stored narrower than float32, and attention (numba, compiled on first use).
 
 A decode step is bound by the bytes of weights it reads.  These kernels read each stored weight
 once per call, widen it to float32 in registers and accumulate in float32, so a step over int8
@@ -9,7 +9,10 @@ weights reads a quarter of float32's bytes, and never writes a widened copy of a
   x's rows, widening each weight once per pair (350M shapes, int8: the matrices of one step take
   ~12 ms for 4 rows, ~44 ms for 16, against ~4-5 ms for one, in-cache timings);
 - `dequantize(w, scale, out)`: out = scale * w in float32, for a prompt's GEMM (one matrix at a
-  time into one reused buffer, amortised over the prompt's tokens).
+  time into one reused buffer, amortised over the prompt's tokens);
+- `attend` (one query per head: a decode step) and `prompt_attend` (a prompt's causal attention:
+  per head and block of queries, an online softmax over blocks of keys, each query over only the
+  keys it sees, with a polynomial exp LLVM vectorises), float32 over the KV cache.
 Stored element types (numba has no float16): int8 (int8 weights, per-row scale), uint16 holding
 float16 bits, int16 holding bfloat16 bits; `widen` picks the conversion at compile time (LLVM
 emits vcvtph2ps for float16 where the CPU has F16C).  Float16's inf/NaN bit patterns widen to
@@ -481,5 +484,9 @@ def prompt_attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int,
     if out is None:
         out = np.empty(q.shape, np.float32)
     with _LOCK:
-        _prompt_attend(q, keys, values, int(pos), QUERY_BLOCK, KEY_BLOCK, out)
+        if t == 1:  # one query (a one-token chunk): the decode step's kernel, no padding row
+            _attend_heads(np.ascontiguousarray(q[0]), keys, values, int(pos) + 1,
+                          out.reshape(heads, dim))
+        else:
+            _prompt_attend(q, keys, values, int(pos), QUERY_BLOCK, KEY_BLOCK, out)
     return out
