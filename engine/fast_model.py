@@ -22,13 +22,13 @@ import numpy as np
 
 from .config import ModelConfig
 from .cpu_decode import NumpyDecoder, readonly_view, writable_view
+from .cpu_kernels import prompt_attend
 from .interface import KVCache, Prefill
-from . import onednn
 from .quant import NARROW, Packer, packs
 from .runtime import Device, ensure_dygraph, import_paddle
 
 CACHE_BLOCK = 256  # KV-cache capacity grows in steps of this many positions
-ATTN_BLOCK = 256  # prompt queries attended together
+ATTN_BLOCK = 256  # prompt queries attended together (Paddle's path: GPUs)
 
 
 @dataclass
@@ -226,28 +226,26 @@ class FastCodeGen:
             self._mask_cache[key] = self._to_device(m, self.compute)
         return self._mask_cache[key]
 
-    def _triangle(self, rows: int) -> np.ndarray:
-        """[rows, rows]: -inf above the diagonal (a query does not see the keys after it)."""
-        key = ("triangle", rows)
-        if key not in self._mask_cache:
-            self._mask_cache[key] = np.triu(np.full((rows, rows), -np.inf, np.float32), 1)
-        return self._mask_cache[key]
-
-    def _host_cache_write(self, qk, v, keys, values, pos: int):
-        """CPU float32: the strided copies into the cache through numpy views of the same
-        memory (Paddle's CPU strided copy runs ~0.4 GB/s: 15 ms per layer at 1024 tokens,
-        numpy's 0.2 ms); returns q [1, H, T, D] as a contiguous tensor."""
-        t = qk.shape[1]
+    def _host_attention(self, qk, v, keys, values, pos: int):
+        """CPU float32: write the keys/values into the cache and attend, through numpy views
+        of the same memory (Paddle's CPU strided copy runs ~0.4 GB/s: 15 ms per layer at 1024
+        tokens for the cache writes alone, numpy's 0.2 ms), in one compiled call over only the
+        keys each query sees (engine/cpu_kernels.prompt_attend) that reads q where the
+        projection put it and writes the [1, T, H * D] the output projection reads."""
+        t, heads, dim = qk.shape[1], self.n_head, self.head_dim
         qk_np = readonly_view(qk)  # [1, T, 2, H, D]
-        writable_view(keys)[:, :, pos:pos + t] = qk_np[:, :, 1].transpose(0, 2, 1, 3)
-        writable_view(values)[:, :, pos:pos + t] = readonly_view(v).reshape(
-            1, t, self.n_head, self.head_dim).transpose(0, 2, 1, 3)
-        q = self._paddle.empty([1, self.n_head, t, self.head_dim], "float32")
-        writable_view(q)[...] = qk_np[:, :, 0].transpose(0, 2, 1, 3)
-        return q
+        keys_np, values_np = writable_view(keys), writable_view(values)
+        keys_np[:, :, pos:pos + t] = qk_np[:, :, 1].transpose(0, 2, 1, 3)
+        values_np[:, :, pos:pos + t] = readonly_view(v).reshape(1, t, heads, dim).transpose(
+            0, 2, 1, 3)
+        out = self._paddle.empty([1, t, heads * dim], "float32")
+        prompt_attend(qk_np[0, :, 0], keys_np[0], values_np[0], pos,
+                      writable_view(out).reshape(t, heads, dim))
+        return out
 
     def _attend(self, q, keys, values, pos: int):
-        """Causal attention of q [1, H, T, D] (positions pos..) over one cache [1, H, cap, D].
+        """Causal attention of q [1, H, T, D] (positions pos..) over one cache [1, H, cap, D]
+        with Paddle's ops (the CPU float32 path is `_host_attention`).
 
         One token: over the whole capacity with a mask (no copies).  A prompt: in blocks
         of ATTN_BLOCK queries, each over only the keys it can see, which skips the masked
@@ -258,16 +256,11 @@ class FastCodeGen:
         if t == 1:
             scores = paddle.matmul(q, keys, transpose_y=True) + self._mask(1, pos, capacity)
             return paddle.matmul(F.softmax(scores, axis=-1), values)
-        if self.host and onednn.available():  # the same blocks through oneDNN's sgemm per head
-            return onednn.prompt_attention(q, keys, values, pos, ATTN_BLOCK, self._triangle)
         out = []
         for i in range(0, t, ATTN_BLOCK):
             rows, seen = min(ATTN_BLOCK, t - i), pos + min(i + ATTN_BLOCK, t)
             scores = paddle.matmul(q[:, :, i:i + rows], keys[:, :, :seen], transpose_y=True)
-            if self.host:  # only the last `rows` keys are masked: add there, in place
-                writable_view(scores)[..., seen - rows:] += self._triangle(rows)
-            else:
-                scores = scores + self._mask(rows, pos + i, seen)
+            scores = scores + self._mask(rows, pos + i, seen)
             out.append(paddle.matmul(F.softmax(scores, axis=-1), values[:, :, :seen]))
         return out[0] if len(out) == 1 else paddle.concat(out, axis=2)
 
@@ -276,14 +269,12 @@ class FastCodeGen:
         b, t = qk.shape[:2]
         keys, values = kv  # [1, H, capacity, D], contiguous: written in place, never copied
         if self.host:
-            q = self._host_cache_write(qk, v, keys, values, pos)
-        else:
-            qk = qk.transpose([2, 0, 3, 1, 4])  # [2, 1, H, T, D]
-            keys[:, :, pos:pos + t] = qk[1]
-            values[:, :, pos:pos + t] = v.reshape([1, t, self.n_head, self.head_dim]).transpose(
-                [0, 2, 1, 3])
-            q = qk[0]
-        return self._attend(q, keys, values, pos).transpose([0, 2, 1, 3]).reshape([1, t, -1])
+            return self._host_attention(qk, v, keys, values, pos)
+        qk = qk.transpose([2, 0, 3, 1, 4])  # [2, 1, H, T, D]
+        keys[:, :, pos:pos + t] = qk[1]
+        values[:, :, pos:pos + t] = v.reshape([1, t, self.n_head, self.head_dim]).transpose(
+            [0, 2, 1, 3])
+        return self._attend(qk[0], keys, values, pos).transpose([0, 2, 1, 3]).reshape([1, t, -1])
 
     def _block(self, layer: _Layer, x, kv: list, sincos, pos: list[int]):
         """One layer for `x` [rows, T, E]: one sequence's T prompt tokens (rows 1) or one token

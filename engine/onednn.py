@@ -6,10 +6,6 @@ int8 dot-product instructions (AVX512-VNNI here).  Measured on this project's 2-
 [1024, 1024] x [1024, 4096]: 10-11 ms, where float32 takes 37-80 ms (numpy/OpenBLAS) or 44 ms
 (oneDNN's sgemm).  `available()` is False where the library or the symbol is missing (another
 Paddle build): callers then take the float32 path.
-
-`prompt_attention` is a prompt's causal attention on CPU through oneDNN's sgemm, one call per
-head and block of queries: 49-62 ms per 350M layer at 1,024 tokens where Paddle's batched
-matmuls take 73-80 (same minutes, three measurements).
 """
 from __future__ import annotations
 
@@ -35,10 +31,6 @@ def _library():
                     ctypes.c_char, ctypes.c_char, ctypes.c_char, i64, i64, i64, ctypes.c_float,
                     vp, i64, s8, vp, i64, s8, ctypes.c_float, vp, i64, vp]
                 lib.dnnl_gemm_s8s8s32.restype = ctypes.c_int
-                lib.dnnl_sgemm.argtypes = [ctypes.c_char, ctypes.c_char, i64, i64, i64,
-                                           ctypes.c_float, vp, i64, vp, i64, ctypes.c_float,
-                                           vp, i64]
-                lib.dnnl_sgemm.restype = ctypes.c_int
         except (OSError, AttributeError):
             lib = None
         _LIB.append(lib)
@@ -68,34 +60,3 @@ def gemm_s8s8s32(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
         raise RuntimeError(f"dnnl_gemm_s8s8s32 failed with status {status}")
     return out
 
-
-def prompt_attention(q, keys, values, pos: int, block: int, triangle):
-    """Causal attention of q [B, H, T, D] (positions pos..) over the cache [B, H, cap, D]
-    (contiguous float32 CPU Paddle tensors), in blocks of `block` queries each over only the
-    keys it sees; `triangle(rows)`: the [rows, rows] additive mask.  Returns [B, H, T, D]."""
-    from .cpu_decode import readonly_view, writable_view
-    from .runtime import import_paddle
-
-    paddle = import_paddle()
-    lib = _library()
-    b, h, t, d = q.shape
-    out = paddle.empty([b, h, t, d], "float32")
-    o_np, q_np = writable_view(out), readonly_view(q)
-    k_np, v_np = readonly_view(keys), readonly_view(values)
-    for i in range(0, t, block):
-        rows = min(block, t - i)
-        seen = pos + i + rows
-        scores = paddle.empty([b, h, rows, seen], "float32")
-        s_np = writable_view(scores)
-        for r in range(b):
-            for head in range(h):
-                lib.dnnl_sgemm(b"N", b"T", rows, seen, d, 1.0, q_np[r, head, i:].ctypes.data, d,
-                               k_np[r, head].ctypes.data, d, 0.0, s_np[r, head].ctypes.data, seen)
-        s_np[..., seen - rows:] += triangle(rows)
-        probs = paddle.nn.functional.softmax(scores, axis=-1)
-        p_np = readonly_view(probs)
-        for r in range(b):
-            for head in range(h):
-                lib.dnnl_sgemm(b"N", b"N", rows, d, seen, 1.0, p_np[r, head].ctypes.data, seen,
-                               v_np[r, head].ctypes.data, d, 0.0, o_np[r, head, i:].ctypes.data, d)
-    return out
