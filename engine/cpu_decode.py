@@ -20,7 +20,8 @@ import math
 
 import numpy as np
 
-from .cpu_kernels import attend, rows_times
+from .cpu_attention import attend
+from .cpu_kernels import rows_times
 from .quant import PackedMatrix
 
 _GELU_C = math.sqrt(2.0 / math.pi)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .cpu_decode import NumpyDecoder, readonly_view, writable_view
-from .cpu_kernels import prompt_attend
+from .cpu_attention import prompt_attend
 from .interface import KVCache, Prefill
 from .quant import NARROW, Packer, packs
 from .runtime import Device, ensure_dygraph, import_paddle
@@ -230,7 +230,7 @@ class FastCodeGen:
         """CPU float32: write the keys/values into the cache and attend, through numpy views
         of the same memory (Paddle's CPU strided copy runs ~0.4 GB/s: 15 ms per layer at 1024
         tokens for the cache writes alone, numpy's 0.2 ms), in one compiled call over only the
-        keys each query sees (engine/cpu_kernels.prompt_attend) that reads q where the
+        keys each query sees (engine/cpu_attention.prompt_attend) that reads q where the
         projection put it and writes the [1, T, H * D] the output projection reads."""
         t, heads, dim = qk.shape[1], self.n_head, self.head_dim
         qk_np = readonly_view(qk)  # [1, T, 2, H, D]

@@ -81,7 +81,7 @@ def test_decoder_reads_the_model_memory():
 
 @pytest.mark.parametrize("seen", [1, 7, 300])
 def test_compiled_attention_of_one_row_equals_the_formula(seen):
-    from engine.cpu_kernels import attend
+    from engine.cpu_attention import attend
 
     rng = np.random.default_rng(seen)
     heads, capacity, dim = 4, 320, 16

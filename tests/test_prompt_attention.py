@@ -1,4 +1,4 @@
-"""A prompt's causal attention on CPU (engine/cpu_kernels.prompt_attend) against the formula
+"""A prompt's causal attention on CPU (engine/cpu_attention.prompt_attend) against the formula
 in float64, and the fast model's prefill through it: in chunks over a cached prefix as in one
 call."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engine import load
-from engine.cpu_kernels import prompt_attend
+from engine.cpu_attention import prompt_attend
 from fakes import run_prompt
 
 
