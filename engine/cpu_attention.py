@@ -223,3 +223,17 @@ def prompt_attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int,
         else:
             _prompt_attend(q, keys, values, int(pos), QUERY_BLOCK, KEY_BLOCK, out)
     return out
+
+
+def warm() -> None:
+    """Compile (or load from numba's on-disk cache) the attention kernels with the argument
+    types the fast model passes (see cpu_kernels.warm): a decode row, a one-token chunk
+    (q a read-only view) and a prompt (q a strided read-only view).  Tiny arrays."""
+    heads, capacity, dim = 2, 8, 4
+    keys = np.zeros((heads, capacity, dim), np.float32)
+    values = np.zeros((heads, capacity, dim), np.float32)
+    attend(np.zeros((heads, dim), np.float32), keys, values, 1)
+    qk = np.zeros((1, 3, 2, heads, dim), np.float32)  # [1, T, q|k, H, D] as the projection's
+    qk.setflags(write=False)
+    for t in (1, 3):
+        prompt_attend(qk[0, :t, 0], keys, values, 0)

@@ -284,3 +284,17 @@ def rescale(c: np.ndarray, row_scale: np.ndarray, col_scale: np.ndarray, out: np
     """out = c (int32) * row_scale[:, None] * col_scale[None, :], in float32."""
     with LOCK:
         _rescale(c, row_scale, col_scale, out)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def warm() -> None:
+    """Compile (or load from numba's on-disk cache) the float32 kernels a decode step uses, with
+    the argument types the fast model passes (weights are read-only views): a fresh install's
+    first completion would otherwise wait ~10 s for the compiler.  Tiny arrays; idempotent."""
+    w = _readonly(np.zeros((4, 8), np.float32))
+    for rows in (1, 2):
+        rows_times(w, np.zeros((rows, 8), np.float32))

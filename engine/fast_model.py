@@ -23,12 +23,20 @@ import numpy as np
 from .config import ModelConfig
 from .cpu_decode import NumpyDecoder, readonly_view, writable_view
 from .cpu_attention import prompt_attend
+from .cpu_attention import warm as warm_attention
+from .cpu_kernels import warm as warm_matrices
 from .interface import KVCache, Prefill
 from .quant import NARROW, Packer, packs
 from .runtime import Device, ensure_dygraph, import_paddle
 
 CACHE_BLOCK = 256  # KV-cache capacity grows in steps of this many positions
 ATTN_BLOCK = 256  # prompt queries attended together (Paddle's path: GPUs)
+
+
+def warm_kernels() -> None:
+    """The CPU decode and prompt-attention kernels, compiled or loaded from numba's cache."""
+    warm_matrices()
+    warm_attention()
 
 
 @dataclass
@@ -183,6 +191,8 @@ class FastCodeGen:
         self.host = device.kind == "cpu" and self.compute == "float32" and (
             pack is not None or not self.mixed)
         self.numpy_decode = NumpyDecoder(self) if self.host else None
+        if self.host:  # compiled now, not in the first request (~10 s on a fresh install)
+            warm_kernels()
 
     def _to_device(self, array: np.ndarray, dtype: str | None = None):
         paddle, dtype = self._paddle, dtype or self.dtype

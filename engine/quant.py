@@ -170,11 +170,13 @@ class _Scratch:
         return t, writable_view(t)
 
     rows8 = np.empty(0, np.int8)
+    quantized = None  # (input tensor, its int8 rows in rows8, their scales): PackedMatrix._int8_gemm
 
     def take_int8(self, shape: tuple[int, int]) -> np.ndarray:
         """A reused int8 buffer (a prompt's quantised activations; memory once touched stays
         mapped, where a fresh array would fault its pages in at every product)."""
         size = shape[0] * shape[1]
+        self.quantized = None  # rows8 is about to be overwritten
         if self.rows8.size < size:
             self.rows8 = np.empty(size, np.int8)
         return self.rows8[:size].reshape(shape)
@@ -239,7 +241,7 @@ class PackedMatrix:
         y = paddle.empty(list(x.shape[:-1]) + [n_out], "float32")
         out = writable_view(y).reshape(-1, n_out)
         if self.dtype == "int8" and _GEMM == "int8" and onednn.available():
-            self._int8_gemm(rows, out)
+            self._int8_gemm(x, rows, out)
         elif len(rows) <= MV_ROWS:
             mv(self.data, self.scale, rows, out)
         elif _GEMM == "paddle":
@@ -251,14 +253,24 @@ class PackedMatrix:
             np.matmul(rows, w.T, out=out)
         return y
 
-    def _int8_gemm(self, rows: np.ndarray, out: np.ndarray) -> None:
+    def _int8_gemm(self, x, rows: np.ndarray, out: np.ndarray) -> None:
         """out = rows @ W.T with the rows quantised to int8 too (one scale per row), the
-        products summed exactly in int32 by oneDNN, then scaled to float32."""
+        products summed exactly in int32 by oneDNN, then scaled to float32.  The quantised
+        rows of the last input tensor `x` are kept (the model's scratch holds x itself, so
+        the identity check cannot meet a new tensor at the same address): a layer's input
+        goes to the four q/k/v row blocks and fc_in one after another and is quantised once
+        instead of five times (0.06 s of a 1.6 s int8 350M prefill of 1,024 tokens).  A tensor
+        passed here must not change in place afterwards; the fast model never does that."""
         from .cpu_kernels import quantize_rows, rescale
 
-        q = self._scratch.take_int8(rows.shape)
-        row_scale = np.empty(len(rows), np.float32)
-        quantize_rows(rows, q, row_scale)
+        memo = self._scratch.quantized
+        if memo is not None and memo[0] is x and memo[1].shape == rows.shape:
+            q, row_scale = memo[1], memo[2]
+        else:
+            q = self._scratch.take_int8(rows.shape)
+            row_scale = np.empty(len(rows), np.float32)
+            quantize_rows(rows, q, row_scale)
+            self._scratch.quantized = (x, q, row_scale)
         sums = out.view(np.int32)  # the int32 sums land in out's memory, scaled there in place
         onednn.gemm_s8s8s32(q, self.data, sums)
         rescale(sums, row_scale, self.scale, out)

@@ -90,3 +90,40 @@ def test_compiled_attention_of_one_row_equals_the_formula(seen):
     values = rng.standard_normal((heads, capacity, dim), dtype=np.float32)
     want = _softmax_attention(q, keys[:, :seen], values[:, :seen])
     np.testing.assert_allclose(attend(q, keys, values, seen), want, rtol=1e-4, atol=1e-5)
+
+
+WARM_CHECK = """
+import numpy as np
+from engine import load
+from engine import cpu_attention as ca, cpu_kernels as ck
+from engine.fast_model import warm_kernels
+
+warm_kernels()
+kernels = [ck._mv_one, ck._mv_pairs, ca._attend_heads, ca._prompt_attend]
+before = [list(k.signatures) for k in kernels]
+model = load("random:tiny", prefix_cache_bytes=0).model
+for rows in (1, 3):
+    caches = []
+    for r in range(rows):
+        cache = model.new_cache()
+        model.reserve(cache, 40)
+        model.prefill(cache, list(range(1, 12 + r)))
+        model.prefill(cache, [7])  # a one-token chunk
+        caches.append(cache)
+    model.decode(np.arange(rows) + 3, caches)
+new = [str(s) for k, b in zip(kernels, before) for s in k.signatures if s not in b]
+print("NEW", new)
+"""
+
+
+def test_loading_compiles_every_kernel_a_request_uses():
+    """A model on the CPU host path compiles its kernels while it loads (warm_kernels), with the
+    argument types prefill and decode pass: the first request compiles nothing more (in a fresh
+    process, where no earlier test compiled them)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WARM_CHECK], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "NEW []" in done.stdout, done.stdout[-2000:]

@@ -77,6 +77,42 @@ def test_prompt_matmul_matches_numpy(monkeypatch, mode, rows):
         np.testing.assert_allclose(got[0], x[0] @ value.T, rtol=1e-4, atol=1e-4)
 
 
+def test_one_input_is_quantised_once_for_several_matrices(monkeypatch):
+    """A layer's input goes to several int8 matrices in turn (the q/k/v row blocks, fc_in):
+    its quantised rows are reused, and a new input, or new rows in the same buffer, are not
+    answered from them."""
+    from engine import onednn, quant
+    from engine.runtime import import_paddle
+
+    if not onednn.available():
+        pytest.skip("this Paddle build has no oneDNN")
+    monkeypatch.setattr(quant, "_GEMM", "int8")
+    paddle = import_paddle()
+    rng = np.random.default_rng(3)
+    shared = quant._Scratch()
+    stored = [_stored("int8", rng.standard_normal((48, 80)).astype(np.float32)) for _ in range(2)]
+    matrices = [quant.PackedMatrix(d, s, "int8", shared) for d, s, _ in stored]
+    calls = []
+    real = cpu_kernels.quantize_rows
+    monkeypatch.setattr(cpu_kernels, "quantize_rows", lambda *a: calls.append(1) or real(*a))
+
+    def alone(i, x):  # the same product with a scratch of its own
+        d, s, _ = stored[i]
+        return quant.PackedMatrix(d, s, "int8", quant._Scratch()).matmul(x).numpy()
+
+    x = paddle.to_tensor(rng.standard_normal((1, 7, 80)).astype(np.float32))
+    y = paddle.to_tensor(rng.standard_normal((1, 7, 80)).astype(np.float32))
+    got = [m.matmul(x).numpy() for m in matrices]
+    assert len(calls) == 1  # quantised once for both
+    other = matrices[0].matmul(y).numpy()
+    again = matrices[1].matmul(x).numpy()  # y replaced x: quantised anew
+    assert len(calls) == 3
+    for i in range(2):
+        np.testing.assert_array_equal(got[i], alone(i, x))
+    np.testing.assert_array_equal(other, alone(0, y))
+    np.testing.assert_array_equal(again, alone(1, x))
+
+
 def test_float16_kernel_widens_specials_and_subnormals():
     values = np.array([[np.inf, -0.0, 6e-8, -6.1e-5, 65504.0, 1.0]], np.float16)
     out = np.empty(values.shape, np.float32)
