@@ -207,9 +207,14 @@ def _check(w: np.ndarray, scale: np.ndarray) -> None:
 def mv(w: np.ndarray, scale: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(x @ w.T) * scale, [rows, out] float32, for w [out, in] stored narrow and x [rows, in]."""
     _check(w, scale)
+    return _times(w, scale, x, out, "mv")
+
+
+def _times(w: np.ndarray, scale: np.ndarray, x, out: np.ndarray | None, caller: str) -> np.ndarray:
+    """(x @ w.T) * scale through the one-row or the several-row kernel (w, scale checked)."""
     x = np.ascontiguousarray(x, np.float32)
     if x.ndim != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"mv: x is {x.shape}, w is {w.shape}")
+        raise ValueError(f"{caller}: x is {x.shape}, w is {w.shape}")
     if out is None:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
     with LOCK:
@@ -232,13 +237,7 @@ def rows_times(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     ones = _ONES.get(w.shape[0])
     if ones is None:
         ones = _ONES[w.shape[0]] = np.ones(w.shape[0], np.float32)
-    x = np.ascontiguousarray(x, np.float32)
-    if x.ndim != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"rows_times: x is {x.shape}, w is {w.shape}")
-    out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    with LOCK:
-        (_mv_one if x.shape[0] == 1 else _mv_pairs)(w, ones, x, out)
-    return out
+    return _times(w, ones, x, None, "rows_times")
 
 
 def dequantize(w: np.ndarray, scale: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -286,15 +285,11 @@ def rescale(c: np.ndarray, row_scale: np.ndarray, col_scale: np.ndarray, out: np
         _rescale(c, row_scale, col_scale, out)
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.setflags(write=False)
-    return a
-
-
 def warm() -> None:
     """Compile (or load from numba's on-disk cache) the float32 kernels a decode step uses, with
     the argument types the fast model passes (weights are read-only views): a fresh install's
     first completion would otherwise wait ~10 s for the compiler.  Tiny arrays; idempotent."""
-    w = _readonly(np.zeros((4, 8), np.float32))
+    w = np.zeros((4, 8), np.float32)
+    w.setflags(write=False)
     for rows in (1, 2):
         rows_times(w, np.zeros((rows, 8), np.float32))

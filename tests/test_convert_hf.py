@@ -40,18 +40,25 @@ def _hf_tokenizer(model_dir: Path, scratch: Path) -> None:
     tok.save_pretrained(str(model_dir))
 
 
-@pytest.fixture(scope="session")
-def hf_dirs(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("hf")
+def _hf_model():
+    """A tiny transformers CodeGen, seeded, with non-trivial layer norms and biases (so a
+    wrong mapping shows)."""
     torch.manual_seed(0)
     config = transformers.CodeGenConfig(vocab_size=VOCAB, n_positions=128, n_ctx=128, n_embd=64,
                                         n_layer=2, n_head=4, rotary_dim=8, bos_token_id=316,
                                         eos_token_id=316, pad_token_id=316)
     model = transformers.CodeGenForCausalLM(config).eval()
-    with torch.no_grad():  # non-trivial layer norms and biases, so a wrong mapping shows
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or "ln_" in name:
                 p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_dirs(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("hf")
+    model = _hf_model()
     dirs = {}
     for name, kwargs in LAYOUTS.items():
         dirs[name] = base / name

@@ -45,6 +45,21 @@ def wait_gone(procs: list[psutil.Process], timeout_s: float = 20) -> list[psutil
     return alive
 
 
+def exit_code(proc: subprocess.Popen, what: str, timeout_s: float = 30) -> int:
+    """`proc`'s exit code once it ends; past `timeout_s` it is killed and the test fails
+    naming `what` (e.g. "rank 0, after losing its follower,")."""
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"{what} did not exit within {timeout_s:g} s") from None
+
+
+def lost_rank_lines(err: str) -> list[str]:
+    """The lines of a rank 0's stderr that report a lost tensor-parallel rank."""
+    return [ln for ln in err.splitlines() if "tensor parallelism lost a rank" in ln]
+
+
 def followers_of(pid: int, count: int, timeout_s: float = 60) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
