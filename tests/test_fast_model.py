@@ -207,6 +207,34 @@ def test_fork_trim_and_release():
     assert copy.capacity == 0 and copy.nbytes == 0
 
 
+def test_host_cache_positions_past_the_length_are_never_read(monkeypatch):
+    """The CPU float32 cache is allocated unfilled (paddle.empty): positions at and past the
+    length may hold anything.  Here they hold NaN in every cache the model allocates: a
+    prefill, a second chunk that grows the cache (its positions copied), decode steps of rows
+    at different lengths, and a fork give the logits of zero-filled caches."""
+    import paddle
+
+    model = load("random:tiny", prefix_cache_bytes=0).model
+    assert model.host
+    ids = [int(i) for i in np.random.default_rng(3).integers(0, 256, 300)]
+
+    def run():
+        first, cache = run_prompt(model, ids[:40])
+        more = model.prefill(cache, ids[40:]).logits  # grows the cache past its first block
+        short, other = run_prompt(model, ids[:7])
+        steps = [model.decode(np.asarray([ids[0], ids[1]]), [cache, other]) for _ in range(3)]
+        forked = model.fork(cache, 250, room=5)
+        again = model.prefill(forked, ids[250:]).logits
+        return np.concatenate([first[None], more[None], short[None], *steps, again[None]])
+
+    monkeypatch.setattr(paddle, "empty", paddle.zeros)
+    zeroed = run()
+    monkeypatch.setattr(paddle, "empty", lambda shape, dtype: paddle.full(shape, np.nan, dtype))
+    poisoned = run()
+    assert not np.isnan(poisoned).any()
+    np.testing.assert_array_equal(poisoned, zeroed)
+
+
 def test_numpy_decode_for_every_dtype_on_cpu(model_dirs):
     from engine.quant import PackedMatrix
 
