@@ -393,6 +393,35 @@ def serve_overhead(model, impl, requests, warmup, max_tokens, prompt, fake, out)
     click.echo(f"wrote {out}/requests.csv, summary.json, env.json", err=True)
 
 
+@main.command("agreement")
+@click.argument("model")
+@click.option("--dtype", default="int8", show_default=True, type=click.Choice(DTYPE_NAMES),
+              help="The weight dtype to compare with float32 (float16, bfloat16 or int8).")
+@click.option("--prompts", default=4, show_default=True, type=int, help="Prompts to compare on.")
+@click.option("--prompt-tokens", default=512, show_default=True, type=int,
+              help="Random token ids per prompt.")
+@click.option("--new-tokens", default=64, show_default=True, type=int,
+              help="Greedy tokens generated per prompt by each dtype.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the prompts (and of random weights).")
+@device_option()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write OUT/agreement.jsonl, summary.json and env.json.")
+@user_errors
+def agreement(model, dtype, prompts, prompt_tokens, new_tokens, seed, device, out):
+    """How close --dtype stays to float32 on MODEL (random:<variant> or a model directory):
+    logits NMSE after each prompt, argmax and greedy-token agreement."""
+    from .tools.agreement import AgreementConfig, render_record, render_summary, run_agreement
+
+    cfg = AgreementConfig(model, dtype, prompts, prompt_tokens, new_tokens, seed, device, out)
+    records, summary = run_agreement(cfg, log=lambda line: click.echo(line, err=True))
+    for record in records:
+        click.echo(render_record(record))
+    click.echo(render_summary(summary))
+    if out is not None:
+        click.echo(f"wrote {out}/agreement.jsonl, summary.json, env.json", err=True)
+
+
 @main.command("convert-speed")
 @click.option("--repeats", default=3, show_default=True, type=int)
 @click.option("--source", default="both", show_default=True,
