@@ -71,3 +71,33 @@ def test_softmax_column_passes_match_numpy():
     np.testing.assert_allclose(out[:, live], want_out[:, live], rtol=3e-6)
     for got, old in ((s, s0), (total, total0), (out, out0)):
         np.testing.assert_array_equal(got[..., :c0], old[..., :c0])
+
+
+def test_gemm_with_the_avx2_tile_width():
+    """Without AVX-512 the column tiles are one vector wide (WIDE = 1): that code path, built
+    in a fresh process with WIDE forced to 1, gives numpy's product too."""
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np
+from engine import cpu_vector
+cpu_vector.WIDE = 1
+from engine.cpu_kernels import nb
+
+@nb.njit
+def run(a, b, c, m, k, cols):
+    cpu_vector.gemm(a.ctypes.data, k, 1, b.ctypes.data, b.shape[1], k, c.ctypes.data,
+                    c.shape[1], m, cols, False)
+
+rng = np.random.default_rng(0)
+m, k, cols = 6, 19, 5 * cpu_vector.LANES
+a, b = (rng.standard_normal(s).astype(np.float32) for s in ((m, k), (k, cols)))
+c = np.zeros((m, cols), np.float32)
+run(a, b, c, m, k, cols)
+print(float(np.abs(c - a.astype(np.float64) @ b).max()))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 2e-5
