@@ -120,6 +120,51 @@ def test_file_shards_reassemble_and_each_tensor_is_read_once(tmp_path, fmt, worl
         np.testing.assert_array_equal(joined[name], full[name], err_msg=name)
 
 
+@pytest.mark.parametrize("fmt", ["pdparams", "safetensors"])
+def test_stored_int8_shards_carry_their_scales(tmp_path, fmt):
+    """A cast int8 file split 2 ways: each rank's int8 block comes with the scales of its
+    output channels (a block of them where the matrix splits its outputs, all of them where
+    it splits its inputs), and the blocks reassemble the stored data and scales exactly."""
+    from convert.cast import cast_dir
+    from engine.quant import SCALE_SUFFIX, QuantizedArray, attach_scales
+
+    cfg = builders.write_model_dir(tmp_path / "m", fmt=fmt, n_merges=61)  # vocabulary splits
+    cast_dir(tmp_path / "m", tmp_path / "q", "int8")
+    config = config_from_dict(cfg, "tiny")
+    path = tmp_path / "q" / ("model_state.pdparams" if fmt == "pdparams" else "model.safetensors")
+    full = attach_scales(read_weights(path), path)
+    plans = [ShardPlan(config.arch, r, 2) for r in range(2)]
+    per_rank = [dict(read_shards(path, config, p)) for p in plans]
+    quantized = [n for n, a in full.items() if isinstance(a, QuantizedArray)]
+    assert "transformer.h.0.attn.out_proj.weight" in quantized and len(quantized) > 4
+    for name in quantized:
+        blocks = [rank[name] for rank in per_rank]
+        assert all(isinstance(b, QuantizedArray) for b in blocks), name
+        data = _assemble(plans, [{name: b.q} for b in blocks])[name]
+        np.testing.assert_array_equal(data, full[name].q, err_msg=name)
+        split_outputs = plans[0].shard(name + SCALE_SUFFIX) is not None
+        scales = np.concatenate([b.scale for b in blocks]) if split_outputs else blocks[0].scale
+        np.testing.assert_array_equal(scales, full[name].scale, err_msg=name)
+    assert plans[0].shard("transformer.h.0.attn.out_proj.weight" + SCALE_SUFFIX) is None
+    assert plans[0].shard("transformer.h.0.mlp.fc_in.weight" + SCALE_SUFFIX) is not None
+
+
+def test_a_stored_int8_file_with_a_scale_missing_is_one_error(tmp_path):
+    from convert.cast import cast_dir
+    from engine.weights import write_safetensors
+
+    cfg = builders.write_model_dir(tmp_path / "m", fmt="safetensors")
+    cast_dir(tmp_path / "m", tmp_path / "q", "int8")
+    path = tmp_path / "q" / "model.safetensors"
+    tensors = read_weights(path)
+    del tensors["transformer.h.1.mlp.fc_in.weight.scale"]
+    write_safetensors(path, tensors, {"format": "pt"})
+    config = config_from_dict(cfg, "tiny")
+    with pytest.raises(WeightFileError, match=r"fc_in\.weight is int8 but transformer\.h\.1\."
+                       r"mlp\.fc_in\.weight\.scale is missing.*cast it again"):
+        read_shards(path, config, ShardPlan(config.arch, 0, 2))
+
+
 def test_pdparams_split_pieces_and_generic_tuples_and_masks(tmp_path):
     """Paddle's protocol-2 `name@@.N` pieces and (param_name, array) values; mask buffers go."""
     cfg = builders.tiny_config(300, 299)

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import OptionError
+from ..quant import SCALE_SUFFIX, output_axis
 from ..variants import Architecture
 
 QKV_SHARDS = 4  # CodeGen's qkv_proj holds this many [q | v | k] shards (PaddleNLP's mp_num)
@@ -132,6 +133,11 @@ class ShardPlan:
         """The rank's block of tensor `name`, or None when every rank holds all of it."""
         if self.world == 1:
             return None
+        if name.endswith(SCALE_SUFFIX):  # a stored int8 matrix's scales, one per output channel,
+            base = name[:-len(SCALE_SUFFIX)]  # split with it where it splits its outputs
+            s = self.shard(base)
+            return Shard(0, s.start, s.stop) if s is not None and s.axis == output_axis(base) \
+                else None
         e = self.arch.n_embd
         if name.endswith("attn.qkv_proj.weight"):
             return Shard(1, *self._block(3 * e))

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import WeightFileError
 from ..model import _POOL_SIZE, check_weights
+from ..quant import SCALE_SUFFIX, attach_scales, split_scales
 from ..variants import MASK_BUFFER_SUFFIXES
 from ..weights import (_ALLOWED, _ST_DTYPES, NAME_TABLE, SPLIT_TABLE, RefusedPickle,
                        _bf16_to_f32, _file_size, _join_split, safetensors_header)
@@ -176,9 +177,36 @@ def shapes_of(path: Path) -> dict[str, tuple[int, ...]] | None:
     return {name: shape for name, (_, shape, _) in entries.items()}
 
 
-def check_shapes(shapes: dict[str, tuple[int, ...]], config, path: Path) -> None:
-    """engine.model.check_weights on shapes alone (names, counts and shapes vs the config)."""
-    check_weights({n: SimpleNamespace(shape=s) for n, s in shapes.items()}, config, path)
+def check_shapes(shapes: dict[str, tuple[int, ...]], config, path: Path,
+                 dtypes: dict[str, str] | None = None) -> None:
+    """engine.model.check_weights on shapes alone (names, counts and shapes vs the config);
+    with `dtypes`, a stored int8 file's `.scale` tensors checked against their matrices (as
+    engine.quant.split_scales does for `cgconvert inspect`) and set aside."""
+    infos = {n: SimpleNamespace(shape=tuple(s), dtype=(dtypes or {}).get(n, "float32"))
+             for n, s in shapes.items()}
+    infos, problems = split_scales(infos)
+    if problems:
+        raise WeightFileError(f"{path}: {problems[0]} ({len(problems)} problem(s) with the int8 "
+                              "scales); the file is corrupt: cast it again with `cgconvert cast "
+                              "--dtype int8`")
+    check_weights(infos, config, path)
+
+
+def _with_scales(pairs, path: Path):
+    """The pairs, each int8 matrix joined with its `.scale` as an engine.quant.QuantizedArray
+    (the rank's blocks of both) once both have come, in whichever order the file holds them."""
+    waiting: dict[str, dict] = {}
+    for name, array in pairs:
+        base = name[:-len(SCALE_SUFFIX)] if name.endswith(SCALE_SUFFIX) else name
+        if base == name and array.dtype != np.int8:
+            yield name, array
+            continue
+        waiting.setdefault(base, {})[name] = array
+        if len(waiting[base]) == 2:
+            yield base, attach_scales(waiting.pop(base), path)[base]
+    if waiting:  # split_scales saw to the pairs: only a file changed while it was read
+        attach_scales({n: a for pair in waiting.values() for n, a in pair.items()}, path)
+        raise WeightFileError(f"{path}: changed while it was read; copy the file again")
 
 
 def read_shards(path: Path, config, plan: ShardPlan, reads: Counter | None = None):
@@ -190,8 +218,9 @@ def read_shards(path: Path, config, plan: ShardPlan, reads: Counter | None = Non
     path = Path(path)
     if path.suffix == ".safetensors":
         _, entries, start = safetensors_header(path)
-        check_shapes({n: e[1] for n, e in entries.items()}, config, path)
-        return _stream_safetensors(path, plan, entries, start, reads)
+        check_shapes({n: e[1] for n, e in entries.items()}, config, path,
+                     {n: np.dtype(_ST_DTYPES[e[0]]).name for n, e in entries.items()})
+        return _with_scales(_stream_safetensors(path, plan, entries, start, reads), path)
     if path.suffix != ".pdparams":
         raise WeightFileError(f"{path}: unknown weight file type {path.suffix!r}; "
                               "expected a .pdparams or .safetensors file")
@@ -200,8 +229,8 @@ def read_shards(path: Path, config, plan: ShardPlan, reads: Counter | None = Non
     for name in [n for n in arrays if n.endswith(MASK_BUFFER_SUFFIXES)]:
         del arrays[name]
         shapes.pop(name, None)
-    check_shapes(shapes, config, path)
-    return iter(arrays.items())
+    check_shapes(shapes, config, path, {n: a.dtype.name for n, a in arrays.items()})
+    return iter(attach_scales(arrays, path).items())
 
 
 def _tiled(pool: np.ndarray, start: int, out: np.ndarray) -> None:
