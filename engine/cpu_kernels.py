@@ -25,11 +25,15 @@ threads enter.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.util
 import os
 import threading
 
 import numpy as np
+
+# every module whose numba code the cached kernels compile in (cpu_attention's inlines cpu_vector's)
+KERNEL_SOURCES = ("cpu_kernels.py", "cpu_vector.py", "cpu_attention.py")
 
 
 def _prefer_tbb() -> None:
@@ -51,11 +55,30 @@ def _prefer_tbb() -> None:
         config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]
 
 
-_prefer_tbb()
 import numba as nb  # noqa: E402  (after the threading layer is chosen)
 from llvmlite import ir  # noqa: E402
 from numba import types  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
+
+
+def kernel_cache_dir(sources: str = os.path.dirname(os.path.abspath(__file__))) -> str:
+    """Where the kernels' compiled code is cached: engine.runtime.user_cache_dir()/numba/<a hash
+    of every file in KERNEL_SOURCES under `sources`>.  Numba keys a cached kernel on its own
+    file's time stamp alone, so an edit to a module it inlines code from (cpu_vector.py's, in
+    cpu_attention's kernel) would otherwise leave the old machine code in use: after a `git
+    pull` on an editable install, say.  It also keeps the cache out of a read-only
+    site-packages."""
+    from .runtime import user_cache_dir
+
+    digest = hashlib.sha256()
+    for name in KERNEL_SOURCES:
+        with open(os.path.join(sources, name), "rb") as f:
+            digest.update(f.read())
+    return str(user_cache_dir() / "numba" / digest.hexdigest()[:16])
+
+
+if not os.environ.get("NUMBA_CACHE_DIR"):  # the user's choice wins
+    nb.config.CACHE_DIR = kernel_cache_dir()  # before any kernel is defined: numba reads it then
 
 LOCK = threading.Lock()
 STORED = {"int8": np.int8, "float16": np.uint16, "bfloat16": np.int16}  # kernel element types

@@ -12,9 +12,9 @@ outright, 16 float32 lanes (one AVX-512 register; two AVX2 registers elsewhere):
   [64, 64]: 221 GFLOP/s, where the same tile in numba's loops ran 5-8;
 - `col_max`, `col_rescale`, `col_exp`, `col_scale`: an online softmax's column passes over a [n, cols] block
   (one key per row, one query per column), a vector of queries at a time.
-Column counts are multiples of `LANES`; a caller pads its columns.  Numba's on-disk cache of a
-kernel that inlines these (cpu_attention's) is keyed on that kernel's own file: an edit here
-needs that file touched (or its __pycache__ cleared) before it takes effect there.
+Column counts are multiples of `LANES`; a caller pads its columns.  A cached kernel that inlines
+these (cpu_attention's) is recompiled after an edit here: the cache directory is named by a hash
+of every kernel source (cpu_kernels.kernel_cache_dir).
 """
 from __future__ import annotations
 

@@ -27,6 +27,14 @@ DTYPES = DTYPE_NAMES
 _APPLIED: dict[str, str] = {}
 
 
+def user_cache_dir() -> "Path":
+    """Where the project keeps what it can rebuild (compiled kernels, a trained tokenizer):
+    $XDG_CACHE_HOME/codegen-workbench, else ~/.cache/codegen-workbench."""
+    from pathlib import Path
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "codegen-workbench"
+
+
 def cpuinfo_field(name: str) -> str:
     """The first value of `name` in /proc/cpuinfo ("" when absent or unreadable)."""
     try:

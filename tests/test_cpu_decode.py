@@ -1,6 +1,9 @@
 """The numpy decode step's pieces (engine/cpu_decode.py) and the weight layout it reads."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -127,3 +130,37 @@ def test_loading_compiles_every_kernel_a_request_uses():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "NEW []" in done.stdout, done.stdout[-2000:]
+
+
+def test_kernel_cache_follows_every_kernel_source(tmp_path):
+    """The compiled kernels are cached under a directory named by a hash of every kernel
+    source, so an edit to cpu_vector.py (inlined into cpu_attention's cached kernel, whose own
+    file numba's cache watches) gives a new directory; the user's NUMBA_CACHE_DIR wins."""
+    import shutil
+    import subprocess
+    import sys
+
+    from engine import cpu_kernels
+
+    copy = tmp_path / "engine"
+    copy.mkdir()
+    for name in cpu_kernels.KERNEL_SOURCES:
+        shutil.copy(Path(cpu_kernels.__file__).with_name(name), copy / name)
+    before = cpu_kernels.kernel_cache_dir(str(copy))
+    assert before == cpu_kernels.kernel_cache_dir()  # the same sources, the same directory
+    with open(copy / "cpu_vector.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert cpu_kernels.kernel_cache_dir(str(copy)) != before
+
+    check = ("from engine import cpu_attention as a, cpu_kernels as k; "
+             "print(a._prompt_attend._cache._cache_path); print(k.kernel_cache_dir())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    xdg, mine = tmp_path / "xdg", tmp_path / "mine"
+    for extra, kind in (({"XDG_CACHE_HOME": str(xdg)}, "default"),
+                        ({"XDG_CACHE_HOME": str(xdg), "NUMBA_CACHE_DIR": str(mine)}, "user's")):
+        done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                              timeout=120, env={**env, **extra})
+        assert done.returncode == 0, done.stderr[-2000:]
+        path, default = done.stdout.split()
+        assert Path(default).parent == xdg / "codegen-workbench" / "numba"
+        assert Path(path).is_relative_to(default if kind == "default" else mine), (kind, path)

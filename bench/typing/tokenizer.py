@@ -32,11 +32,10 @@ def default_corpus() -> Path:
 
 def default_out(vocab_size: int = DEFAULT_VOCAB) -> Path:
     """A user cache directory, one per Python version and vocabulary size."""
-    import os
+    from engine.runtime import user_cache_dir
 
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     tag = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    return base / "codegen-workbench" / f"tokenizer-stdlib-{tag}-{vocab_size}"
+    return user_cache_dir() / f"tokenizer-stdlib-{tag}-{vocab_size}"
 
 
 def corpus_files(roots: list[Path]) -> list[Path]:
