@@ -32,8 +32,9 @@ import threading
 
 import numpy as np
 
-# every module whose numba code the cached kernels compile in (cpu_attention's inlines cpu_vector's)
-KERNEL_SOURCES = ("cpu_kernels.py", "cpu_vector.py", "cpu_attention.py")
+# every module whose numba code the cached kernels compile in (cpu_attention's and cpu_gemm's
+# inline cpu_vector's)
+KERNEL_SOURCES = ("cpu_kernels.py", "cpu_vector.py", "cpu_attention.py", "cpu_gemm.py")
 
 
 def _prefer_tbb() -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .cpu_decode import NumpyDecoder, readonly_view, writable_view
+from . import cpu_gemm
 from .cpu_attention import prompt_attend
 from .cpu_attention import warm as warm_attention
 from .cpu_kernels import warm as warm_matrices
@@ -34,8 +35,10 @@ ATTN_BLOCK = 256  # prompt queries attended together (Paddle's path: GPUs)
 
 
 def warm_kernels() -> None:
-    """The CPU decode and prompt-attention kernels, compiled or loaded from numba's cache."""
+    """The CPU decode, prompt GEMM and prompt-attention kernels, compiled or loaded from
+    numba's cache."""
     warm_matrices()
+    cpu_gemm.warm()
     warm_attention()
 
 
@@ -211,7 +214,9 @@ class FastCodeGen:
                 return y
             return y if b is None else y + b
         if not self.mixed:
-            y = paddle.matmul(x, w, transpose_y=True)
+            y = (self._host_gemm(x, w) if self.host and cpu_gemm.fits(
+                math.prod(x.shape[:-1]), w.shape) and x.is_contiguous()
+                 else paddle.matmul(x, w, transpose_y=True))
             if b is None:
                 return y
             if self.host:  # Paddle's CPU broadcast add: 10 ms at [1024, 4096]
@@ -223,6 +228,13 @@ class FastCodeGen:
         else:  # GPU: half-precision GEMM accumulating in float32 (Paddle's default), widened
             y = paddle.matmul(x.astype(self.dtype), w, transpose_y=True).astype(self.compute)
         return y if b is None else y + b
+
+    def _host_gemm(self, x, w):
+        """x @ w.T on the CPU through engine/cpu_gemm (a prompt's large matrices)."""
+        out = self._paddle.empty([*x.shape[:-1], w.shape[0]], "float32")
+        cpu_gemm.times_transposed(readonly_view(x).reshape(-1, x.shape[-1]), readonly_view(w),
+                                  writable_view(out).reshape(-1, w.shape[0]))
+        return out
 
     # ---- pieces -------------------------------------------------------------------------
     def _mask(self, rows: int, first: int, keys: int):
