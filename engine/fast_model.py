@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import cpu_gemm
 from .config import ModelConfig
 from .cpu_decode import NumpyDecoder, readonly_view, writable_view
-from . import cpu_gemm
 from .cpu_attention import prompt_attend
 from .cpu_attention import warm as warm_attention
 from .cpu_kernels import warm as warm_matrices
