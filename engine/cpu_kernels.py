@@ -56,6 +56,7 @@ def _prefer_tbb() -> None:
         config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]
 
 
+_prefer_tbb()
 import numba as nb  # noqa: E402  (after the threading layer is chosen)
 from llvmlite import ir  # noqa: E402
 from numba import types  # noqa: E402
